@@ -1,0 +1,1 @@
+"""Dataset readers, the common scene model, feature extraction and caches, map triangulation."""

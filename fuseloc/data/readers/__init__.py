@@ -1,0 +1,1 @@
+"""Dataset readers. Each turns a raw release into :class:`LocalizationData` (scene, queries, benchmark spec)."""

@@ -1,0 +1,74 @@
+"""What every dataset reader returns: the scene, the queries and the benchmark's rules, as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from fuseloc.data.scene import QuerySet, Scene
+
+#: visuallocalization.net thresholds: (metres, degrees).
+STANDARD_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """How a benchmark is scored and submitted.
+
+    Attributes:
+        name: short benchmark name used in output paths and metric keys.
+        thresholds: (translation m, rotation deg) pairs for recall.
+        splits: reported split -> the query conditions it groups; empty means one split per condition.
+        submission_names: how a query name becomes a submission name: ``relative`` keeps the relative path,
+            ``basename`` keeps the file name, ``parent_basename`` keeps ``parent/file``.
+        submission_extension: replace the extension in submission names (e.g. ".jpg"), or None to keep it.
+        report: ``recall`` tables (visuallocalization.net) or ``median`` errors (Cambridge).
+    """
+
+    name: str
+    thresholds: tuple[tuple[float, float], ...] = STANDARD_THRESHOLDS
+    splits: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    submission_names: Literal["relative", "basename", "parent_basename"] = "relative"
+    submission_extension: str | None = None
+    report: Literal["recall", "median"] = "recall"
+
+    def submission_name(self, query_name: str) -> str:
+        path = PurePosixPath(query_name)
+        if self.submission_names == "basename":
+            path = PurePosixPath(path.name)
+        elif self.submission_names == "parent_basename":
+            path = PurePosixPath(path.parent.name) / path.name
+        if self.submission_extension is not None:
+            path = path.with_suffix(self.submission_extension)
+        return str(path)
+
+    def split_of(self, condition: str) -> str:
+        for split, conditions in self.splits.items():
+            if condition in conditions:
+                return split
+        return condition
+
+
+@dataclass
+class LocalizationData:
+    """A loaded dataset: reference scene, queries and benchmark spec.
+
+    Attributes:
+        scene: the reference reconstruction; may have no points when the map is to be triangulated.
+        queries: query images with intrinsics and (optional) ground truth.
+        spec: scoring and submission rules.
+        root: dataset root, used for cache keys and messages.
+    """
+
+    scene: Scene
+    queries: QuerySet
+    spec: BenchmarkSpec
+    root: Path
+
+
+class DatasetReader:
+    """Base class of dataset readers: constructor arguments say where the data is, ``load`` reads it."""
+
+    def load(self) -> LocalizationData:
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Pose-error metrics, recall tables and submission files. No Lightning imports here."""

@@ -1,0 +1,279 @@
+"""End-to-end evaluation: features -> (triangulated) scene -> fused map -> localization -> metrics and files.
+
+Every intermediate result is cached under ``cache_dir`` in a file whose name carries the configuration that
+produced it, so a second run reuses what it can and a changed configuration never reuses a stale cache.
+Localization appends one JSON line per query, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fuseloc.data.features import FeatureCache, LocalExtractor, Vlad, extract_local_features, extract_vlad
+from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
+from fuseloc.data.scene import QuerySet, Scene
+from fuseloc.data.triangulate import TriangulationConfig, triangulate_scene
+from fuseloc.errors import InputError
+from fuseloc.eval.metrics import pose_errors, summarize
+from fuseloc.io import config_hash, write_json_atomic, write_text_atomic
+from fuseloc.localize.fused_map import FusedMap, build_fused_map, fusion_class_path, fusion_init_args
+from fuseloc.localize.pipeline import Localizer, LocalizerConfig, localize_queries
+from fuseloc.models.fusion import Fusion
+from fuseloc.types import Pose, PoseResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedFeatures:
+    """Feature caches for database and query images."""
+
+    cache: FeatureCache
+    local_tag: str
+    global_tag: str
+
+
+def prepare_features(
+    data: LocalizationData, local: LocalExtractor, vlad: Vlad, cache_dir: Path, progress: bool = True
+) -> PreparedFeatures:
+    """Extract (or reuse) local features for all images and VLAD for all images."""
+    t0 = time.perf_counter()
+    if data.scene.image_root is None:
+        raise InputError("the scene has no image root; readers must set it", data.root)
+    if data.queries.image_root != data.scene.image_root:
+        raise InputError("database and query images must share one image root (names are relative to it)", data.root)
+    names = list(dict.fromkeys([*data.scene.image_names, *data.queries.names]))
+    local_tag = local.tag()
+    local_path = extract_local_features(local, data.scene.image_root, names, cache_dir / f"feats-{local_tag}.h5", progress=progress)
+    global_tag = f"{vlad.tag()}-{local_tag}-{config_hash(sorted(data.scene.image_names))}"
+    global_path = extract_vlad(vlad, local_path, data.scene.image_names, names, cache_dir / f"global-feats-{global_tag}.h5")
+    logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
+    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
+
+
+def prepare_scene(
+    data: LocalizationData, features: PreparedFeatures, triangulation: TriangulationConfig, cache_dir: Path
+) -> Scene:
+    """The reference scene with 3D points: as read, or triangulated from the posed images (cached)."""
+    scene = data.scene
+    if scene.num_points > 0:
+        return scene
+    key = config_hash({"triangulation": asdict(triangulation), "features": features.local_tag,
+                       "images": scene.image_names, "poses": config_hash(scene.t_cam_from_world.round(6).tolist())})
+    path = cache_dir / f"sfm-{features.local_tag}-{key}.npz"
+    if path.is_file():
+        logger.info("loading triangulated map %s", path)
+        return Scene.load(path, scene.image_root)
+    t0 = time.perf_counter()
+    logger.info("the model has no 3D points: triangulating %d posed images with %s", scene.num_images, features.local_tag)
+    triangulated = triangulate_scene(scene, features.cache, triangulation, keypoint_source=features.local_tag)
+    triangulated.save(path)
+    logger.info("triangulated %d points in %.1f s", triangulated.num_points, time.perf_counter() - t0)
+    return triangulated
+
+
+def fusion_fingerprint(fusion: Fusion) -> str:
+    digest = hashlib.sha1(fusion_class_path(fusion).encode())
+    digest.update(json.dumps(fusion_init_args(fusion), sort_keys=True, default=str).encode())
+    for k, v in sorted(fusion.state_dict().items()):
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
+def prepare_map(scene: Scene, features: PreparedFeatures, fusion: Fusion, cache_dir: Path, progress: bool = True) -> FusedMap:
+    """Build (or load) the fused map of ``scene`` for a fitted ``fusion``."""
+    key = config_hash({"fusion": fusion_fingerprint(fusion), "local": features.local_tag, "global": features.global_tag,
+                       "points": scene.num_points, "obs": len(scene.obs_point), "images": config_hash(scene.image_names)})
+    path = cache_dir / f"map-{key}.h5"
+    if path.is_file():
+        logger.info("loading fused map %s", path)
+        return FusedMap.load(path)
+    t0 = time.perf_counter()
+    fused = build_fused_map(scene, features.cache, fusion, feature_tag=features.local_tag,
+                            config={"local": features.local_tag, "global": features.global_tag, "key": key}, progress=progress)
+    fused.save(path)
+    logger.info("built fused map (%d points) in %.1f s -> %s", fused.num_points, time.perf_counter() - t0, path)
+    return fused
+
+
+def fit_fusion(fusion: Fusion, scene: Scene, features: PreparedFeatures) -> Fusion:
+    fusion.fit(features.cache.global_descriptors(scene.image_names))
+    return fusion
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+def result_to_record(name: str, result: PoseResult) -> dict:
+    return {"name": name, "qvec": result.pose.qvec.tolist(), "tvec": result.pose.t.tolist(), "success": result.success,
+            "num_matches": result.num_matches, "num_inliers": result.num_inliers, "reason": result.reason,
+            "timings": result.timings}
+
+
+def record_to_result(record: dict) -> PoseResult:
+    return PoseResult(Pose.from_qt(record["qvec"], record["tvec"]), bool(record["success"]), int(record["num_matches"]),
+                      int(record["num_inliers"]), record.get("reason", ""), dict(record.get("timings", {})))
+
+
+def read_predictions(path: Path) -> dict[str, PoseResult]:
+    """Read a JSON-lines prediction log; a torn last line (killed mid-write) is ignored."""
+    results: dict[str, PoseResult] = {}
+    if not path.is_file():
+        return results
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            results[record["name"]] = record_to_result(record)
+    return results
+
+
+class PredictionLog:
+    """Append-only JSON-lines log of per-query results; each line is flushed and fsynced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            # Drop a torn last line so appends start on a clean line.
+            valid = read_predictions(path)
+            text = "".join(json.dumps(result_to_record(n, r)) + "\n" for n, r in valid.items())
+            write_text_atomic(path, text)
+        self._file = open(path, "a")
+
+    def __call__(self, name: str, result: PoseResult) -> None:
+        self._file.write(json.dumps(result_to_record(name, result)) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def evaluate_results(results: dict[str, PoseResult], queries: QuerySet, spec: BenchmarkSpec) -> dict[str, dict[str, float]]:
+    """Metrics per split (and ``all``) over the queries with ground truth; missing results count as failures."""
+    if not queries.has_ground_truth:
+        return {}
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for name, gt, condition in zip(queries.names, queries.gt_poses, queries.conditions):
+        if gt is None:
+            continue
+        result = results.get(name)
+        err = pose_errors(None if result is None else result.pose, gt)
+        split = spec.split_of(condition)
+        if split != "all":
+            groups.setdefault(split, []).append(err)
+        groups.setdefault("all", []).append(err)
+    summary = {}
+    for split, errs in groups.items():
+        e = np.array(errs)
+        summary[split] = summarize(e[:, 0], e[:, 1], spec.thresholds)
+    return summary
+
+
+def timing_summary(results: dict[str, PoseResult]) -> dict[str, float]:
+    """Median seconds per stage per query."""
+    stages = sorted({k for r in results.values() for k in r.timings})
+    return {stage: float(np.median([r.timings.get(stage, 0.0) for r in results.values()])) for stage in stages}
+
+
+def write_submission(path: Path, results: dict[str, PoseResult], queries: QuerySet, spec: BenchmarkSpec) -> Path:
+    """One ``name qw qx qy qz tx ty tz`` line per query, in query-list order, written atomically."""
+    lines = []
+    for name in queries.names:
+        if name in results:
+            lines.append(results[name].pose.to_line(spec.submission_name(name)) + "\n")
+    return write_text_atomic(path, "".join(lines))
+
+
+@dataclass
+class MethodOutcome:
+    """What one localization method produced."""
+
+    label: str
+    results: dict[str, PoseResult]
+    summary: dict[str, dict[str, float]]
+    timings: dict[str, float]
+    map_bytes: int
+    num_points: int
+    output_dir: Path
+
+
+def run_method(
+    label: str,
+    fusion: Fusion,
+    scene: Scene,
+    data: LocalizationData,
+    features: PreparedFeatures,
+    localizer_config: LocalizerConfig,
+    cache_dir: Path,
+    output_dir: Path,
+    fit: bool = True,
+    progress: bool = True,
+) -> MethodOutcome:
+    """Fit (if asked), build the map, localize all queries (resuming), and write this method's outputs."""
+    if fit:
+        fit_fusion(fusion, scene, features)
+    t0 = time.perf_counter()
+    fused_map = prepare_map(scene, features, fusion, cache_dir, progress)
+    map_time = time.perf_counter() - t0
+    method_dir = output_dir / label
+    log_path = method_dir / "predictions.jsonl"
+    stamp = {"map": fused_map.config.get("key"), "localizer": asdict(localizer_config),
+             "queries": config_hash(data.queries.names)}
+    stamp_path = method_dir / "run_config.json"
+    if stamp_path.is_file() and json.loads(stamp_path.read_text()) != json.loads(json.dumps(stamp)):
+        logger.warning("%s: configuration changed since the last run; discarding its predictions", method_dir)
+        log_path.unlink(missing_ok=True)
+    write_json_atomic(stamp_path, stamp)
+    done = read_predictions(log_path)
+    if done:
+        logger.info("%s: resuming, %d of %d queries already localized", label, len(done), len(data.queries))
+    log = PredictionLog(log_path)
+    try:
+        localizer = Localizer(fused_map, localizer_config, fusion)
+        new = localize_queries(localizer, data.queries, features.cache, skip=set(done), on_result=log, progress=progress)
+    finally:
+        log.close()
+    results = {**done, **new}
+    summary = evaluate_results(results, data.queries, data.spec)
+    timings = timing_summary(results)
+    timings["map_build_total"] = map_time
+    write_submission(method_dir / "submission.txt", results, data.queries, data.spec)
+    write_json_atomic(method_dir / "summary.json", {"method": label, "benchmark": data.spec.name, "metrics": summary,
+                                                    "timings_median_s": timings, "map_bytes": fused_map.nbytes(),
+                                                    "num_points": fused_map.num_points,
+                                                    "failed": sorted(n for n, r in results.items() if not r.success)})
+    return MethodOutcome(label, results, summary, timings, fused_map.nbytes(), fused_map.num_points, method_dir)
+
+
+def format_table(outcomes: Sequence[MethodOutcome], spec: BenchmarkSpec) -> str:
+    """A plain-text table: one row per method and split with recall, medians, timings and map size."""
+    keys = [f"{t:g}m,{r:g}°" for t, r in spec.thresholds]
+    header = ["method", "split", "n", *keys, "med t (m)", "med R (°)", "fuse+search (ms)", "pnp (ms)", "map (MB)"]
+    rows = [header]
+    for o in outcomes:
+        fuse_search = 1e3 * (o.timings.get("fusion", 0) + o.timings.get("search", 0))
+        for split, m in sorted(o.summary.items(), key=lambda kv: (kv[0] == "all", kv[0])):
+            recalls = [f"{m[k]:.1f}" for k in m if k.startswith("recall_")]
+            rows.append([o.label, split, str(m["num_queries"]), *recalls, f"{m['median_t_m']:.3f}", f"{m['median_R_deg']:.2f}",
+                         f"{fuse_search:.1f}", f"{1e3 * o.timings.get('pnp', 0):.1f}", f"{o.map_bytes / 1e6:.2f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+

@@ -1,0 +1,1 @@
+"""Fused map, faiss index, PnP and the query loop. No Lightning imports here."""

@@ -1,0 +1,215 @@
+"""The FUSELOC map: one fused descriptor per 3D point (the mean over its observations), saved as one file."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from fuseloc.data.features import FeatureCache
+from fuseloc.data.scene import Scene
+from fuseloc.errors import InputError
+from fuseloc.io import atomic_path
+from fuseloc.models.fusion import Fusion
+
+logger = logging.getLogger(__name__)
+
+MAP_FORMAT_VERSION = 1
+
+
+def fusion_init_args(fusion: Fusion) -> dict:
+    """Constructor arguments of a fusion, read back from its same-named attributes."""
+    params = inspect.signature(type(fusion).__init__).parameters
+    return {name: getattr(fusion, name) for name in params if name != "self" and hasattr(fusion, name)}
+
+
+def fusion_class_path(fusion: Fusion) -> str:
+    return f"{type(fusion).__module__}.{type(fusion).__qualname__}"
+
+
+def instantiate_fusion(class_path: str, init_args: dict, state: dict[str, np.ndarray] | None = None) -> Fusion:
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    fusion = cls(**init_args)
+    if state is not None:
+        fusion.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return fusion.eval()
+
+
+@dataclass
+class FusedMap:
+    """What localization holds in memory.
+
+    Attributes:
+        xyz: (P, 3) float64 point positions (metres).
+        descriptors: (P, E) float16 fused point descriptors.
+        db_names: N database image names.
+        db_global: (N, G) float16 database global descriptors (heavy mode and fallback retrieval).
+        db_R, db_t: (N, 3, 3), (N, 3) database world-to-camera poses (fallback poses).
+        fusion_class: import path of the fusion that made the descriptors.
+        fusion_args: its constructor arguments.
+        fusion_state: its state dict (projection, weights) as numpy arrays.
+        config: how the map was built (feature tags, association), for cache checks.
+    """
+
+    xyz: np.ndarray
+    descriptors: np.ndarray
+    db_names: list[str]
+    db_global: np.ndarray
+    db_R: np.ndarray
+    db_t: np.ndarray
+    fusion_class: str
+    fusion_args: dict
+    fusion_state: dict[str, np.ndarray]
+    config: dict = field(default_factory=dict)
+
+    @property
+    def num_points(self) -> int:
+        return len(self.xyz)
+
+    def nbytes(self) -> int:
+        """Bytes localization must hold: point positions and descriptors, database globals and poses."""
+        return int(self.xyz.nbytes + self.descriptors.nbytes + self.db_global.nbytes + self.db_R.nbytes + self.db_t.nbytes)
+
+    def fusion(self) -> Fusion:
+        return instantiate_fusion(self.fusion_class, self.fusion_args, self.fusion_state)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the map atomically (a killed write never leaves a file a later run would load)."""
+        path = Path(path)
+        with atomic_path(path, suffix=".h5.tmp") as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = "fuseloc-map"
+                f.attrs["format_version"] = MAP_FORMAT_VERSION
+                f.attrs["config"] = json.dumps(self.config, sort_keys=True)
+                f.attrs["fusion_class"] = self.fusion_class
+                f.attrs["fusion_args"] = json.dumps(self.fusion_args)
+                f.create_dataset("xyz", data=self.xyz)
+                f.create_dataset("descriptors", data=self.descriptors)
+                f.create_dataset("db_names", data=np.array(self.db_names, dtype=h5py.string_dtype()))
+                f.create_dataset("db_global", data=self.db_global)
+                f.create_dataset("db_R", data=self.db_R)
+                f.create_dataset("db_t", data=self.db_t)
+                state = f.create_group("fusion_state")
+                for k, v in self.fusion_state.items():
+                    state.create_dataset(k, data=v)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FusedMap:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("map file not found", path)
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != "fuseloc-map":
+                    raise InputError("not a fuseloc map file", path)
+                version = int(f.attrs["format_version"])
+                if version != MAP_FORMAT_VERSION:
+                    raise InputError(f"map format version {version}, this fuseloc reads {MAP_FORMAT_VERSION}; rebuild the map", path)
+                return cls(
+                    xyz=f["xyz"][()],
+                    descriptors=f["descriptors"][()],
+                    db_names=[n.decode() if isinstance(n, bytes) else n for n in f["db_names"][()]],
+                    db_global=f["db_global"][()],
+                    db_R=f["db_R"][()],
+                    db_t=f["db_t"][()],
+                    fusion_class=str(f.attrs["fusion_class"]),
+                    fusion_args=json.loads(f.attrs["fusion_args"]),
+                    fusion_state={k: v[()] for k, v in f["fusion_state"].items()},
+                    config=json.loads(f.attrs["config"]),
+                )
+        except OSError as exc:
+            raise InputError(f"cannot read map file ({exc})", path) from None
+
+
+def associate_by_radius(keypoints: np.ndarray, obs_xy: np.ndarray, radius: float) -> np.ndarray:
+    """Index of the nearest keypoint within ``radius`` pixels of each observation, -1 if none."""
+    if len(keypoints) == 0 or len(obs_xy) == 0:
+        return np.full(len(obs_xy), -1, np.int64)
+    dist, idx = cKDTree(keypoints).query(obs_xy, k=1, distance_upper_bound=radius)
+    return np.where(np.isfinite(dist), idx, -1).astype(np.int64)
+
+
+@torch.no_grad()
+def build_fused_map(
+    scene: Scene,
+    features: FeatureCache,
+    fusion: Fusion,
+    association: Literal["auto", "index", "radius"] = "auto",
+    feature_tag: str | None = None,
+    radius: float = 5.0,
+    config: dict | None = None,
+    progress: bool = True,
+) -> FusedMap:
+    """Fuse every observation of every point and average per point.
+
+    Args:
+        scene: reference scene with points and observations.
+        features: cache holding the database images' local features and global descriptors.
+        fusion: a fitted fusion.
+        association: ``index`` takes the observation's keypoint index (map triangulated from these very
+            features), ``radius`` takes the nearest detected keypoint within ``radius`` pixels, ``auto`` picks
+            ``index`` when ``scene.keypoint_source == feature_tag``.
+        feature_tag: tag of the local features in ``features``.
+        radius: association radius in pixels.
+        config: recorded in the map.
+    """
+    from tqdm import tqdm
+
+    if scene.num_points == 0:
+        raise InputError("the reference model has no 3D points; triangulate it first (fuseloc builds it from posed images)")
+    if association == "auto":
+        association = "index" if scene.keypoint_source and scene.keypoint_source == feature_tag else "radius"
+    db_global = features.global_descriptors(scene.image_names)
+    first_local = features.local(scene.image_names[0])
+    fusion.check_dims(first_local.descriptors.shape[1], db_global.shape[1], str(features.local_path))
+    reduced = fusion.reduce_global(torch.from_numpy(db_global))
+    sums = np.zeros((scene.num_points, fusion.out_dim), np.float64)
+    counts = np.zeros(scene.num_points, np.int64)
+    order = np.argsort(scene.obs_image, kind="stable")
+    bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
+    for i in tqdm(range(scene.num_images), desc="fusing map", disable=not progress, leave=False):
+        obs = order[bounds[i] : bounds[i + 1]]
+        if len(obs) == 0:
+            continue
+        local = features.local(scene.image_names[i])
+        if association == "index":
+            kp = scene.obs_keypoint[obs].astype(np.int64)
+            if kp.max(initial=-1) >= len(local.keypoints):
+                raise InputError(f"image {scene.image_names[i]!r}: observation keypoint index beyond the "
+                                 f"{len(local.keypoints)} cached keypoints (map made with other features?)", features.local_path)
+        else:
+            kp = associate_by_radius(local.keypoints, scene.obs_xy[obs], radius)
+        ok = kp >= 0
+        if not ok.any():
+            continue
+        fused = fusion.fuse(torch.from_numpy(local.descriptors[kp[ok]]), reduced[i : i + 1]).numpy()
+        np.add.at(sums, scene.obs_point[obs[ok]], fused)
+        np.add.at(counts, scene.obs_point[obs[ok]], 1)
+    has = counts > 0
+    if not has.any():
+        raise InputError(f"no map observation could be associated with a detected keypoint (radius {radius} px)")
+    logger.info("fused map: %d of %d points have associated observations (%s association)", has.sum(), scene.num_points, association)
+    descriptors = (sums[has] / counts[has, None]).astype(np.float16)
+    return FusedMap(
+        xyz=scene.points_xyz[has].astype(np.float64),
+        descriptors=descriptors,
+        db_names=list(scene.image_names),
+        db_global=db_global.astype(np.float16),
+        db_R=scene.R_cam_from_world.astype(np.float64),
+        db_t=scene.t_cam_from_world.astype(np.float64),
+        fusion_class=fusion_class_path(fusion),
+        fusion_args=fusion_init_args(fusion),
+        fusion_state={k: v.detach().cpu().numpy() for k, v in fusion.state_dict().items()},
+        config={**(config or {}), "association": association, "radius": radius},
+    )

@@ -1,0 +1,126 @@
+"""The query loop: fuse query keypoints, 1-NN against the fused map, PnP. Shared by evaluate.py and validation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from fuseloc.data.features import FeatureCache
+from fuseloc.data.scene import QuerySet
+from fuseloc.localize.fused_map import FusedMap
+from fuseloc.localize.index import build_index, search
+from fuseloc.localize.pose import PnPConfig, estimate_absolute_pose
+from fuseloc.models.fusion import Fusion
+from fuseloc.types import Camera, Pose, PoseResult
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """Query-time settings.
+
+    Attributes:
+        query_global: ``light`` fuses with the query's own global descriptor, ``heavy`` with that of its
+            nearest database image (by global descriptor).
+        min_inliers: fewer PnP inliers marks the query failed; it then gets the fallback pose.
+        pnp: RANSAC settings.
+        use_gpu: faiss on the GPU when one is present.
+    """
+
+    query_global: Literal["light", "heavy"] = "light"
+    min_inliers: int = 12
+    pnp: PnPConfig = field(default_factory=PnPConfig)
+    use_gpu: bool = False
+
+
+@dataclass
+class QueryMatches:
+    """2D-3D matches of one query. ``p2d``: (M, 2) pixels; ``point_index``: (M,) rows of the map."""
+
+    p2d: np.ndarray
+    point_index: np.ndarray
+    distances: np.ndarray
+
+
+class Localizer:
+    """Holds a fused map, its faiss index and the fusion, and localizes queries one by one."""
+
+    def __init__(self, fused_map: FusedMap, config: LocalizerConfig = LocalizerConfig(), fusion: Fusion | None = None):
+        self.map = fused_map
+        self.config = config
+        self.fusion = (fusion if fusion is not None else fused_map.fusion()).eval()
+        self.index = build_index(fused_map.descriptors, use_gpu=config.use_gpu)
+        self.db_global = np.ascontiguousarray(fused_map.db_global, np.float32)
+
+    def nearest_database_image(self, global_desc: np.ndarray) -> int:
+        return int(np.argmin(((self.db_global - global_desc[None]) ** 2).sum(1)))
+
+    def fallback_pose(self, db_index: int) -> Pose:
+        return Pose(self.map.db_R[db_index], self.map.db_t[db_index])
+
+    @torch.no_grad()
+    def match(self, local_desc: np.ndarray, keypoints: np.ndarray, global_desc: np.ndarray, timings: dict[str, float]) -> QueryMatches:
+        t0 = time.perf_counter()
+        if self.config.query_global == "heavy":
+            global_desc = self.db_global[self.nearest_database_image(global_desc)]
+        self.fusion.check_dims(local_desc.shape[1], global_desc.shape[0], "query features")
+        reduced = self.fusion.reduce_global(torch.from_numpy(np.asarray(global_desc, np.float32))[None])
+        fused = self.fusion.fuse(torch.from_numpy(np.asarray(local_desc, np.float32)), reduced).numpy()
+        t1 = time.perf_counter()
+        result = search(self.index, fused, k=1)
+        timings["fusion"] = t1 - t0
+        timings["search"] = time.perf_counter() - t1
+        return QueryMatches(keypoints, result.indices[:, 0], result.distances[:, 0])
+
+    def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult:
+        timings: dict[str, float] = {}
+        nearest_db = self.nearest_database_image(global_desc)
+        matches = self.match(local_desc, keypoints, global_desc, timings)
+        t0 = time.perf_counter()
+        pnp = estimate_absolute_pose(matches.p2d, self.map.xyz[matches.point_index], camera, self.config.pnp)
+        timings["pnp"] = time.perf_counter() - t0
+        num_inliers = 0 if pnp is None else pnp.num_inliers
+        if pnp is None or num_inliers < self.config.min_inliers:
+            reason = f"{num_inliers} inliers < {self.config.min_inliers}" if pnp is not None else f"only {len(matches.p2d)} matches"
+            return PoseResult(self.fallback_pose(nearest_db), False, len(matches.p2d), num_inliers, reason, timings)
+        return PoseResult(pnp.pose, True, len(matches.p2d), num_inliers, "", timings)
+
+
+def localize_queries(
+    localizer: Localizer,
+    queries: QuerySet,
+    features: FeatureCache,
+    skip: set[str] | None = None,
+    on_result: Callable[[str, PoseResult], None] | None = None,
+    progress: bool = True,
+) -> dict[str, PoseResult]:
+    """Localize every query (except those in ``skip``); ``on_result`` sees each result as it comes (for logs)."""
+    from tqdm import tqdm
+
+    results: dict[str, PoseResult] = {}
+    failed = 0
+    for name, camera in tqdm(list(zip(queries.names, queries.cameras)), desc="localizing", disable=not progress, leave=False):
+        if skip and name in skip:
+            continue
+        t0 = time.perf_counter()
+        local = features.local(name)
+        global_desc = features.global_descriptor(name)
+        io_time = time.perf_counter() - t0
+        result = localizer.localize(camera, local.keypoints, local.descriptors, global_desc)
+        result.timings["features_io"] = io_time
+        if not result.success:
+            failed += 1
+            logger.debug("query %s failed (%s); using the nearest database pose", name, result.reason)
+        results[name] = result
+        if on_result is not None:
+            on_result(name, result)
+    if failed:
+        logger.warning("%d of %d queries failed to localize and got the fallback pose (nearest database image)", failed, len(results))
+    return results

@@ -1,0 +1,1 @@
+"""Descriptor fusion (fixed and learned) and the training LightningModule."""

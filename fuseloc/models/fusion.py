@@ -1,0 +1,148 @@
+"""Fusion of local and global descriptors: ``f = λ·local + (1-λ)·R(global)`` (FUSELOC) and its interface.
+
+Every fusion splits into a per-image step (:meth:`Fusion.reduce_global`, run once per image) and a cheap
+per-keypoint step (:meth:`Fusion.fuse`), so a learned fusion costs the same at query time as the fixed one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fuseloc.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Reduction = Literal["pca", "random", "gaussian"]
+
+
+def pca_projection(global_desc: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of (N, G) descriptors -> (mean (G,), projection (G, out_dim)).
+
+    With fewer samples than ``out_dim`` the extra columns are zero: they would only carry noise.
+    """
+    x = np.asarray(global_desc, np.float64)
+    mean = x.mean(0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    rank = min(out_dim, vt.shape[0])
+    projection = np.zeros((x.shape[1], out_dim))
+    projection[:, :rank] = vt[:rank].T
+    # SVD signs are arbitrary; fix them so repeated fits give identical maps.
+    signs = np.sign(projection[np.abs(projection).argmax(0), np.arange(out_dim)])
+    signs[signs == 0] = 1
+    return mean.astype(np.float32), (projection * signs).astype(np.float32)
+
+
+def random_selection(global_dim: int, out_dim: int, seed: int) -> np.ndarray:
+    """A (G, out_dim) 0/1 matrix picking ``out_dim`` distinct coordinates of the global descriptor."""
+    if out_dim > global_dim:
+        raise InputError(f"cannot select {out_dim} of {global_dim} global dimensions")
+    picked = np.sort(np.random.default_rng(seed).choice(global_dim, out_dim, replace=False))
+    projection = np.zeros((global_dim, out_dim), np.float32)
+    projection[picked, np.arange(out_dim)] = 1.0
+    return projection
+
+
+def gaussian_projection(global_dim: int, out_dim: int, seed: int) -> np.ndarray:
+    """A (G, out_dim) Gaussian random projection, scaled to preserve norms in expectation."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((global_dim, out_dim)) / np.sqrt(out_dim)).astype(np.float32)
+
+
+class Fusion(nn.Module):
+    """Interface of every fusion. Subclasses implement :meth:`reduce_global` and :meth:`fuse`.
+
+    Args:
+        local_dim: D, dimension of the local descriptors.
+        global_dim: G, dimension of the global descriptors.
+    """
+
+    def __init__(self, local_dim: int, global_dim: int):
+        super().__init__()
+        self.local_dim = local_dim
+        self.global_dim = global_dim
+
+    @property
+    def out_dim(self) -> int:
+        return self.local_dim
+
+    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None) -> None:
+        """Data-driven initialisation from the database (e.g. PCA). Default: nothing to fit."""
+
+    def reduce_global(self, global_desc: Tensor) -> Tensor:
+        """[B x G] global descriptors -> [B x D] per-image part of the fusion."""
+        raise NotImplementedError
+
+    def fuse(self, local_desc: Tensor, reduced_global: Tensor) -> Tensor:
+        """[N x D] local descriptors and [N x D] (or [1 x D]) reduced globals -> [N x out_dim] fused."""
+        raise NotImplementedError
+
+    def forward(self, local_desc: Tensor, global_desc: Tensor) -> Tensor:
+        return self.fuse(local_desc, self.reduce_global(global_desc))
+
+    def check_dims(self, local_dim: int, global_dim: int, where: str = "") -> None:
+        if local_dim != self.local_dim or global_dim != self.global_dim:
+            raise InputError(
+                f"descriptor dimension mismatch{' in ' + where if where else ''}: fusion expects local "
+                f"{self.local_dim}-D and global {self.global_dim}-D, got {local_dim}-D and {global_dim}-D"
+            )
+
+
+class FixedFusion(Fusion):
+    """The paper's fusion: ``λ·local + (1-λ)·normalize(P·(global - μ))``.
+
+    Args:
+        local_dim: D.
+        global_dim: G.
+        lam: λ, weight of the local descriptor in [0, 1]; 1 is local-only matching.
+        reduction: how the global descriptor is brought to D dimensions: ``pca`` (fitted on the database),
+            ``random`` (random coordinate selection) or ``gaussian`` (random Gaussian projection).
+        normalize_reduced: L2-normalise the reduced global descriptor so both parts have unit norm.
+        seed: seed of the random reductions.
+    """
+
+    def __init__(
+        self,
+        local_dim: int = 128,
+        global_dim: int = 4096,
+        lam: float = 0.5,
+        reduction: Reduction = "pca",
+        normalize_reduced: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__(local_dim, global_dim)
+        if not 0.0 <= lam <= 1.0:
+            raise InputError(f"lam must be in [0, 1], got {lam}")
+        self.lam = lam
+        self.reduction = reduction
+        self.normalize_reduced = normalize_reduced
+        self.seed = seed
+        self.register_buffer("global_mean", torch.zeros(global_dim))
+        self.register_buffer("projection", torch.zeros(global_dim, local_dim))
+        if reduction == "random":
+            self.projection.copy_(torch.from_numpy(random_selection(global_dim, local_dim, seed)))
+        elif reduction == "gaussian":
+            self.projection.copy_(torch.from_numpy(gaussian_projection(global_dim, local_dim, seed)))
+        elif reduction != "pca":
+            raise InputError(f"unknown reduction {reduction!r} (pca, random, gaussian)")
+
+    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None) -> None:
+        if self.reduction == "pca":
+            self.check_dims(self.local_dim, global_db.shape[1], "PCA fit")
+            mean, projection = pca_projection(global_db, self.local_dim)
+            self.global_mean.copy_(torch.from_numpy(mean))
+            self.projection.copy_(torch.from_numpy(projection))
+
+    def reduce_global(self, global_desc: Tensor) -> Tensor:
+        centered = global_desc - self.global_mean if self.reduction == "pca" else global_desc
+        reduced = centered @ self.projection
+        if self.normalize_reduced:
+            reduced = nn.functional.normalize(reduced, dim=-1)
+        return reduced
+
+    def fuse(self, local_desc: Tensor, reduced_global: Tensor) -> Tensor:
+        return self.lam * local_desc + (1.0 - self.lam) * reduced_global

@@ -1,0 +1,187 @@
+"""Typed data contracts shared by every stage: cameras, poses, localization results.
+
+Conventions (see DATASETS.md §0): poses are world-to-camera, ``x_cam = R @ x_world + t``; quaternions in
+files and in this module are (w, x, y, z); pixel coordinates follow COLMAP (top-left pixel centre at
+(0.5, 0.5)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fuseloc.errors import InputError
+
+#: COLMAP camera models we understand, with their parameter count (DATASETS.md §1.3).
+CAMERA_MODEL_PARAMS: dict[str, int] = {
+    "SIMPLE_PINHOLE": 3,
+    "PINHOLE": 4,
+    "SIMPLE_RADIAL": 4,
+    "RADIAL": 5,
+    "OPENCV": 8,
+    "OPENCV_FISHEYE": 8,
+    "FULL_OPENCV": 12,
+}
+
+
+@dataclass(frozen=True)
+class Camera:
+    """An intrinsic camera in COLMAP's parameterisation.
+
+    Attributes:
+        model: COLMAP model name, e.g. ``"PINHOLE"``.
+        width, height: image size in pixels.
+        params: model parameters in COLMAP order (focal lengths and principal point in pixels).
+    """
+
+    model: str
+    width: int
+    height: int
+    params: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.model not in CAMERA_MODEL_PARAMS:
+            raise InputError(f"unknown camera model {self.model!r} (known: {', '.join(CAMERA_MODEL_PARAMS)})")
+        if len(self.params) != CAMERA_MODEL_PARAMS[self.model]:
+            raise InputError(
+                f"camera model {self.model} takes {CAMERA_MODEL_PARAMS[self.model]} parameters, got {len(self.params)}"
+            )
+        if self.width <= 0 or self.height <= 0:
+            raise InputError(f"camera size must be positive, got {self.width}x{self.height}")
+
+    @classmethod
+    def from_tokens(cls, tokens: list[str]) -> Camera:
+        """Parse ``MODEL W H params...`` (the query-list-with-intrinsics format)."""
+        if len(tokens) < 3:
+            raise InputError("expected 'MODEL WIDTH HEIGHT PARAMS...'")
+        model = tokens[0]
+        try:
+            width, height = int(tokens[1]), int(tokens[2])
+            params = tuple(float(x) for x in tokens[3:])
+        except ValueError as exc:
+            raise InputError(f"non-numeric camera field ({exc})") from None
+        return cls(model, width, height, params)
+
+    def to_tokens(self) -> list[str]:
+        return [self.model, str(self.width), str(self.height), *(f"{p:.10g}" for p in self.params)]
+
+    def to_poselib(self) -> dict[str, Any]:
+        """The camera dict accepted by ``poselib.estimate_absolute_pose``."""
+        return {"model": self.model, "width": self.width, "height": self.height, "params": list(self.params)}
+
+    @property
+    def focal(self) -> float:
+        """Mean focal length in pixels."""
+        if self.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+            return self.params[0]
+        return 0.5 * (self.params[0] + self.params[1])
+
+    def scaled(self, scale: float) -> Camera:
+        """The camera of the image resized by ``scale`` (focal and principal point scale, distortion does not)."""
+        n_scaled = 3 if self.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL") else 4
+        params = tuple(p * scale if i < n_scaled else p for i, p in enumerate(self.params))
+        return Camera(self.model, round(self.width * scale), round(self.height * scale), params)
+
+
+def qvec_to_rotmat(qvec: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) -> 3x3 rotation matrix (Hamilton convention, as COLMAP)."""
+    w, x, y, z = np.asarray(qvec, dtype=np.float64) / np.linalg.norm(qvec)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
+    """3x3 rotation matrix -> unit quaternion (w, x, y, z) with w >= 0."""
+    R = np.asarray(R, dtype=np.float64)
+    # Shepperd's method: pick the largest diagonal term for numerical stability.
+    m = np.array(
+        [
+            [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
+            [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
+            [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
+            [R[1, 2] - R[2, 1], R[2, 0] - R[0, 2], R[0, 1] - R[1, 0], R[0, 0] + R[1, 1] + R[2, 2]],
+        ]
+    ) / 3.0
+    eigvals, eigvecs = np.linalg.eigh(m)
+    x, y, z, w = eigvecs[[0, 1, 2, 3], np.argmax(eigvals)]
+    q = np.array([w, x, y, z])
+    return q if q[0] >= 0 else -q
+
+
+@dataclass(frozen=True)
+class Pose:
+    """A rigid world-to-camera transform ``x_cam = R @ x_world + t`` (metres)."""
+
+    R: np.ndarray  # (3, 3)
+    t: np.ndarray  # (3,)
+
+    @classmethod
+    def from_qt(cls, qvec: np.ndarray | list[float], t: np.ndarray | list[float]) -> Pose:
+        q = np.asarray(qvec, dtype=np.float64)
+        if not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-8:
+            raise InputError(f"invalid quaternion {list(q)}")
+        return cls(qvec_to_rotmat(q), np.asarray(t, dtype=np.float64).reshape(3))
+
+    @classmethod
+    def from_center(cls, qvec: np.ndarray | list[float], center: np.ndarray | list[float]) -> Pose:
+        """From the world-to-camera rotation and the camera centre C (``t = -R C``), as in NVM and Cambridge."""
+        R = qvec_to_rotmat(np.asarray(qvec, dtype=np.float64))
+        return cls(R, -R @ np.asarray(center, dtype=np.float64).reshape(3))
+
+    @classmethod
+    def identity(cls) -> Pose:
+        return cls(np.eye(3), np.zeros(3))
+
+    @property
+    def qvec(self) -> np.ndarray:
+        return rotmat_to_qvec(self.R)
+
+    @property
+    def center(self) -> np.ndarray:
+        return -self.R.T @ self.t
+
+    def inverse(self) -> Pose:
+        return Pose(self.R.T, -self.R.T @ self.t)
+
+    def matrix(self) -> np.ndarray:
+        """4x4 homogeneous matrix."""
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = self.R, self.t
+        return T
+
+    def transform(self, points: np.ndarray) -> np.ndarray:
+        """Apply to (N, 3) world points."""
+        return points @ self.R.T + self.t
+
+    def to_line(self, name: str) -> str:
+        """``name qw qx qy qz tx ty tz``: the visuallocalization.net submission line."""
+        q, t = self.qvec, self.t
+        return " ".join([name, *(f"{v:.10g}" for v in q), *(f"{v:.10g}" for v in t)])
+
+
+@dataclass
+class PoseResult:
+    """Outcome of localizing one query.
+
+    Attributes:
+        pose: estimated world-to-camera pose (the fallback pose when ``success`` is False).
+        success: whether PnP found at least the minimum number of inliers.
+        num_matches: number of 2D-3D matches given to PnP.
+        num_inliers: RANSAC inliers (0 when PnP was not run or failed).
+        reason: why localization failed, empty on success.
+        timings: seconds per stage (``"fusion"``, ``"search"``, ``"pnp"``, ...).
+    """
+
+    pose: Pose
+    success: bool
+    num_matches: int = 0
+    num_inliers: int = 0
+    reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
