@@ -20,7 +20,6 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import h5py
@@ -52,16 +51,24 @@ class LocalFeatures:
     image_size: tuple[int, int]
 
 
-class LocalExtractor(Protocol):
-    """Computes local features from an RGB uint8 image (H, W, 3)."""
+class LocalExtractor:
+    """Base class of local feature extractors: RGB uint8 image (H, W, 3) -> :class:`LocalFeatures`."""
 
     def tag(self) -> str:
         """A short name that encodes the configuration; used in cache file names."""
+        raise NotImplementedError
 
     def config(self) -> dict:
         """The full configuration, stored in the cache and compared on reuse."""
+        raise NotImplementedError
 
-    def __call__(self, image: np.ndarray) -> LocalFeatures: ...
+    @property
+    def dim(self) -> int:
+        """Descriptor dimension D."""
+        raise NotImplementedError
+
+    def __call__(self, image: np.ndarray) -> LocalFeatures:
+        raise NotImplementedError
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -75,7 +82,7 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-class Sift:
+class Sift(LocalExtractor):
     """OpenCV SIFT with optional RootSIFT, a weight-free local feature that runs everywhere.
 
     Args:

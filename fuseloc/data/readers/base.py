@@ -59,12 +59,15 @@ class LocalizationData:
         queries: query images with intrinsics and (optional) ground truth.
         spec: scoring and submission rules.
         root: dataset root, used for cache keys and messages.
+        validation: queries with ground truth for validation during training (e.g. RobotCar training
+            queries, Cambridge test poses); None lets the DataModule hold out database images instead.
     """
 
     scene: Scene
     queries: QuerySet
     spec: BenchmarkSpec
     root: Path
+    validation: QuerySet | None = None
 
 
 class DatasetReader:
