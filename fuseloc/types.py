@@ -99,18 +99,9 @@ def qvec_to_rotmat(qvec: np.ndarray) -> np.ndarray:
 
 def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
     """3x3 rotation matrix -> unit quaternion (w, x, y, z) with w >= 0."""
-    R = np.asarray(R, dtype=np.float64)
-    # Shepperd's method: pick the largest diagonal term for numerical stability.
-    m = np.array(
-        [
-            [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
-            [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
-            [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
-            [R[1, 2] - R[2, 1], R[2, 0] - R[0, 2], R[0, 1] - R[1, 0], R[0, 0] + R[1, 1] + R[2, 2]],
-        ]
-    ) / 3.0
-    eigvals, eigvecs = np.linalg.eigh(m)
-    x, y, z, w = eigvecs[[0, 1, 2, 3], np.argmax(eigvals)]
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(np.asarray(R, dtype=np.float64)).as_quat()
     q = np.array([w, x, y, z])
     return q if q[0] >= 0 else -q
 
