@@ -12,13 +12,16 @@ Outputs go to ``<output_dir>/<benchmark>/<method>/``: ``submission.txt`` (name q
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
-from fuseloc.data.features import LocalExtractor, Sift, Vlad
+from fuseloc.data.features import GlobalExtractor, LocalExtractor, Sift, Vlad
 from fuseloc.data.readers.base import DatasetReader
 from fuseloc.data.triangulate import TriangulationConfig
 from fuseloc.errors import InputError
+from fuseloc.localize.index import IndexConfig
 from fuseloc.localize.pipeline import LocalizerConfig
 from fuseloc.localize.pose import PnPConfig
 
@@ -28,47 +31,76 @@ logger = logging.getLogger("fuseloc.evaluate")
 def evaluate(
     data: DatasetReader | None = None,
     local_features: LocalExtractor | None = None,
-    global_features: Vlad | None = None,
+    global_features: GlobalExtractor | None = None,
+    local_features_path: Path | None = None,
+    global_features_path: Path | None = None,
     lambdas: list[float] = [1.0, 0.5],  # noqa: B006 (jsonargparse reads defaults from the signature)
-    reduction: str = "pca",
+    reduction: Literal["pca", "random", "gaussian"] = "pca",
     checkpoint: Path | None = None,
-    query_global: str = "light",
+    query_global: Literal["light", "heavy"] = "light",
     min_inliers: int = 12,
     ransac_max_error: float = 12.0,
+    index: IndexConfig | None = None,
+    hierarchical: bool = False,
+    top_k: int = 10,
     triangulation: TriangulationConfig | None = None,
     output_dir: Path = Path("outputs"),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> list:
     """Evaluate fixed fusions (one per λ; λ = 1 is local-only) and optionally a learned fusion.
 
     Args:
         data: dataset reader; default: the embedded synthetic town.
         local_features: local feature extractor; default: RootSIFT.
-        global_features: global descriptor; default: VLAD trained on the database.
+        global_features: global descriptor (any ``GlobalExtractor``, e.g. ``fuseloc.data.extractors.NetVLAD``);
+            default: VLAD trained on the database.
+        local_features_path: an existing local feature file (hloc's ``feats-*.h5`` or ours) used instead of
+            extracting; it must hold every database and query image.
+        global_features_path: an existing global feature file (hloc's ``global-feats-*.h5`` or ours).
         lambdas: λ of each fixed fusion to run (weight of the local descriptor).
         reduction: how the global descriptor is reduced to the local dimension: pca, random or gaussian.
         checkpoint: a train.py checkpoint whose learned fusion is evaluated too.
         query_global: ``light`` (the query's own global descriptor) or ``heavy`` (its nearest database image's).
         min_inliers: PnP inliers below which a query is marked failed and gets the nearest database pose.
         ransac_max_error: RANSAC inlier threshold in pixels.
+        index: nearest-neighbour index over the fused map (default: exact below 200k points, IVF above).
+        hierarchical: also run the hierarchical baseline (retrieval, 2D-2D mutual matching, PnP) on the same
+            features and solver.
+        top_k: database images the hierarchical baseline retrieves per query.
         triangulation: how a map is triangulated when the reference model has no points.
         output_dir: root of outputs and caches.
         progress: show progress bars.
+        overwrite: delete this benchmark's caches and results under ``output_dir`` first and start from scratch
+            (otherwise every finished step is reused and an interrupted run resumes).
     """
+    # Kept to re-run this very evaluation on each part of a multi-map dataset (CMU slices, Cambridge scenes).
+    call_args = dict(locals())
     from fuseloc.data.readers.town import EmbeddedTown
     from fuseloc.eval.plots import plot_recall_curves
-    from fuseloc.eval.runner import format_table, prepare_features, prepare_scene, run_method
+    from fuseloc.eval.runner import format_table, prepare_features, prepare_scene, run_hierarchical, run_method
+    from fuseloc.localize.hierarchical import HierarchicalConfig
     from fuseloc.models.fusion import FixedFusion
 
     data_reader = data if data is not None else EmbeddedTown()
     local_features = local_features or Sift()
     global_features = global_features or Vlad()
+    pnp = PnPConfig(max_reproj_error=ransac_max_error)
     localizer = LocalizerConfig(query_global=query_global, min_inliers=min_inliers,  # type: ignore[arg-type]
-                                pnp=PnPConfig(max_reproj_error=ransac_max_error))
-    loaded = data_reader.load()
+                                pnp=pnp, index=index or IndexConfig())
+    parts = data_reader.load_parts()
+    if len(parts) > 1:
+        return _evaluate_parts(parts, call_args)
+    loaded = parts[0]
     bench_dir = Path(output_dir) / loaded.spec.name
+    if loaded.part:
+        bench_dir = bench_dir / loaded.part
+    if overwrite and bench_dir.is_dir():
+        logger.warning("overwrite: deleting %s", bench_dir)
+        shutil.rmtree(bench_dir)
     cache_dir = bench_dir / "cache"
-    features = prepare_features(loaded, local_features, global_features, cache_dir, progress)
+    features = prepare_features(loaded, local_features, global_features, cache_dir, progress,
+                                local_path=local_features_path, global_path=global_features_path)
     scene = prepare_scene(loaded, features, triangulation or TriangulationConfig(), cache_dir)
     local_dim = features.cache.local(scene.image_names[0]).descriptors.shape[1]
     global_dim = features.cache.global_descriptor(scene.image_names[0]).shape[0]
@@ -84,6 +116,10 @@ def evaluate(
         fusion.check_dims(local_dim, global_dim, str(checkpoint))
         outcomes.append(run_method("learned", fusion, scene, loaded, features, localizer, cache_dir, bench_dir,
                                    fit=False, progress=progress))
+    if hierarchical:
+        config = HierarchicalConfig(top_k=top_k, min_inliers=min_inliers, pnp=pnp)
+        outcomes.append(run_hierarchical(f"hierarchical-top{top_k}", scene, loaded, features, config, bench_dir,
+                                         progress=progress))
     features.cache.close()
     if loaded.queries.has_ground_truth:
         print(f"\n{loaded.spec.name}: {scene.num_images} database images, {scene.num_points} points, "
@@ -96,23 +132,62 @@ def evaluate(
     return outcomes
 
 
+def _evaluate_parts(parts: list, call_args: dict) -> list:
+    """Evaluate each part against its own map (outputs and caches in ``<benchmark>/<part>/``), then merge
+    every method's results into one submission and one summary in ``<benchmark>/<method>/``."""
+    from fuseloc.data.readers.base import Preloaded
+    from fuseloc.eval.runner import format_table, merge_part_outcomes
+
+    per_part = [evaluate(**{**call_args, "data": Preloaded(part)}) for part in parts]
+    spec = parts[0].spec
+    merged = merge_part_outcomes(per_part, parts, Path(call_args["output_dir"]) / spec.name)
+    if any(p.queries.has_ground_truth for p in parts):
+        print(f"\n{spec.name}: {len(parts)} parts ({', '.join(p.part or '?' for p in parts)}), "
+              f"{sum(len(p.queries) for p in parts)} queries\n")
+        print(format_table(merged, spec))
+    for o in merged:
+        print(f"{o.label} (all parts): {o.output_dir / 'submission.txt'}")
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad configuration or data ends in one ``error:`` line and exit code 2, never a traceback."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(description=__doc__.split("\n")[0], default_meta=False)
+    # No abbreviated options: a typo such as --min_inlier must be an error, not silently another option.
+    parser = ArgumentParser(description=__doc__.split("\n")[0], default_meta=False, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with any of the options below")
     parser.add_function_arguments(evaluate)
     parser.add_argument("--log_level", default="INFO", help="logging level")
-    cfg = parser.parse_args(argv)
+    try:
+        cfg = parser.parse_args(argv)
+    except Exception as exc:  # noqa: BLE001 (jsonargparse's ArgumentError; its class moved between versions)
+        print(f"error: invalid configuration: {config_error_line(str(exc))} (see evaluate.py --help)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=cfg.pop("log_level"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg.pop("config", None)
-    init = parser.instantiate_classes(cfg)
     try:
+        init = parser.instantiate(cfg)
         evaluate(**init)
     except InputError as exc:
-        logger.error("%s", exc)
+        logger.error("%s", " ".join(str(exc).split()))
         return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted; run the same command again to resume where it stopped")
+        return 130
     return 0
+
+
+def config_error_line(message: str) -> str:
+    """jsonargparse's (often multi-line) error as one line, keeping what names the problem.
+
+    An optional class argument (``X | None``) fails as a union: the message lists the NoneType alternative and
+    the whole given value, which only bury the real reason.
+    """
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("Subtypes:", "Errors:", "Given value", "- Expected a <class 'NoneType'>",
+                                                     "Does not validate against any of the Union subtypes"))]
+    return " ".join(ln.lstrip("- ") for ln in keep) or message
 
 
 if __name__ == "__main__":

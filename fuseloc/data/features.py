@@ -14,10 +14,12 @@ In memory, :class:`LocalFeatures` holds keypoints in COLMAP's convention (top-le
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,8 +69,15 @@ class LocalExtractor:
         """Descriptor dimension D."""
         raise NotImplementedError
 
+    #: images handed to :meth:`extract_batch` at once; networks override it (one forward pass per batch).
+    batch_size: int = 1
+
     def __call__(self, image: np.ndarray) -> LocalFeatures:
         raise NotImplementedError
+
+    def extract_batch(self, images: Sequence[np.ndarray]) -> list[LocalFeatures]:
+        """Features of several RGB uint8 images; the default runs them one by one."""
+        return [self(image) for image in images]
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -147,7 +156,8 @@ def _check_config(handle: h5py.File, config: dict, path: Path) -> None:
         return  # a file written by hloc or by hand: no configuration to compare
     if json.loads(stored) != json.loads(json.dumps(config)):
         raise InputError(
-            f"feature cache was made with another configuration ({stored}); delete it or choose another output name",
+            f"feature cache was made with another configuration ({stored}, now {json.dumps(config)}); "
+            "delete it or rebuild it with overwrite (evaluate.py --overwrite true)",
             path,
         )
 
@@ -177,7 +187,8 @@ def read_local(handle: h5py.File, name: str, path: Path | str = "") -> LocalFeat
     except KeyError as exc:
         raise InputError(f"image {name!r}: missing dataset {exc}", path) from None
     if len(descriptors) != len(keypoints):
-        raise InputError(f"image {name!r}: {len(keypoints)} keypoints but descriptors of shape {descriptors.T.shape}", path)
+        raise InputError(f"image {name!r}: {len(keypoints)} keypoints but descriptors stored as {descriptors.T.shape}, "
+                         f"expected D x {len(keypoints)} (hloc's layout: one column per keypoint)", path)
     if not np.all(np.isfinite(descriptors)):
         raise InputError(f"image {name!r}: descriptors contain NaN or infinite values", path)
     return LocalFeatures(keypoints, descriptors, scores, size)
@@ -185,34 +196,116 @@ def read_local(handle: h5py.File, name: str, path: Path | str = "") -> LocalFeat
 
 def _complete_names(handle: h5py.File) -> set[str]:
     names: set[str] = set()
+    # hloc's files carry no completion mark, ours always do: only there may a missing mark mean "interrupted".
+    default = "fuseloc_config" not in handle.attrs
 
     def visit(name: str, obj: h5py.HLObject) -> None:
         if isinstance(obj, h5py.Group) and ("keypoints" in obj or "global_descriptor" in obj):
-            if obj.attrs.get("complete", True):
+            if obj.attrs.get("complete", default):
                 names.add(name)
 
     handle.visititems(visit)
     return names
 
 
-def _open_for_append(path: Path, config: dict) -> h5py.File:
-    """Open (or create) a cache for appending; a file that h5py cannot read (killed mid-write) is rebuilt."""
-    if path.exists():
+#: Root attribute set while a process appends to a cache and removed when it finishes cleanly: a file that
+#: still carries it was interrupted (killed, or stopped by an error) and is checked before anything in it is used.
+WRITING_ATTR = "fuseloc_writing"
+
+#: Lowest HDF5 format our caches are written in. 1.8 has the dense attribute storage that fitted states (VLAD
+#: vocabularies over 64 kB) need; newer bounds ("latest") give a v3 superblock whose consistency flags a killed
+#: writer leaves set, after which HDF5 refuses to open the file at all, so a kill would lose the whole cache.
+_LIBVER = ("v108", "latest")
+
+
+def _repair(handle: h5py.File, path: Path) -> int:
+    """Drop the groups an interrupted writer left unmarked or unreadable; returns how many survived."""
+    t0 = time.perf_counter()
+    groups: list[str] = []
+    handle.visititems(lambda name, obj: groups.append(name) if isinstance(obj, h5py.Group)
+                      and ("keypoints" in obj or "global_descriptor" in obj) else None)
+    dropped = 0
+    marked = "fuseloc_config" in handle.attrs  # else a foreign (hloc) file we appended to: its groups have no marks
+    for name in groups:
+        group = handle[name]
         try:
-            handle = h5py.File(path, "a")
-        except OSError:
-            logger.warning("%s is unreadable (interrupted write?); rebuilding it", path)
-            path.unlink()
-            handle = h5py.File(path, "a")
-    else:
+            ok = bool(group.attrs.get("complete", not marked))
+            if ok:
+                for dataset in group.values():
+                    dataset[()]
+        except Exception:  # noqa: BLE001 (HDF5 reports damage as assorted errors; all mean "redo this image")
+            ok = False
+        if not ok:
+            del handle[name]
+            dropped += 1
+    for key in list(handle.attrs):  # fitted states and configs must be readable, too
+        handle.attrs[key]
+    logger.warning("%s was left by an interrupted run: kept %d images, will redo %d (checked in %.1f s)",
+                   path, len(groups) - dropped, dropped, time.perf_counter() - t0)
+    return len(groups) - dropped
+
+
+def _open_writable(path: Path) -> h5py.File:
+    """Open (or create) a cache file for appending; an interrupted one is repaired, an unreadable one rebuilt."""
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = h5py.File(path, "a")
+        return h5py.File(path, "w", libver=_LIBVER)
+    try:
+        handle = h5py.File(path, "a", libver=_LIBVER)
+    except OSError as exc:
+        if "unable to lock file" in str(exc).lower():
+            raise InputError("the cache is being written by another process (two runs on one output_dir?)", path) from None
+        logger.warning("%s cannot be opened (%s); rebuilding it", path, str(exc).splitlines()[0])
+        path.unlink()
+        return h5py.File(path, "w", libver=_LIBVER)
+    if handle.attrs.get(WRITING_ATTR, False):
+        try:
+            _repair(handle, path)
+        except Exception as exc:  # noqa: BLE001 (damage beyond single images: start again)
+            handle.close()
+            logger.warning("%s is damaged beyond repair (%s); rebuilding it", path, exc)
+            path.unlink()
+            return h5py.File(path, "w", libver=_LIBVER)
+    return handle
+
+
+@contextlib.contextmanager
+def _open_for_append(path: Path, config: dict, overwrite: bool = False) -> Iterator[h5py.File]:
+    """A cache file open for appending, marked as being written until the block finishes without error.
+
+    A kill or an exception leaves the mark, so the next run checks the file (:func:`_repair`) and redoes only
+    the images it lost, and :class:`FeatureCache` refuses to read it meanwhile. A file made with another
+    configuration is refused, never appended to.
+    """
+    path = Path(path)
+    if overwrite:
+        path.unlink(missing_ok=True)
+    handle = _open_writable(path)
     try:
         _check_config(handle, config, path)
-    except InputError:
+        if "fuseloc_config" in handle.attrs or len(handle) == 0:
+            # Not on a foreign file: the stamp would turn its unmarked groups into "interrupted" ones.
+            handle.attrs["fuseloc_config"] = json.dumps(config)
+        handle.attrs[WRITING_ATTR] = True
+        handle.flush()
+        yield handle
+        del handle.attrs[WRITING_ATTR]
+    finally:
         handle.close()
-        raise
-    handle.attrs["fuseloc_config"] = json.dumps(config)
+
+
+def open_cache_for_reading(path: str | Path) -> h5py.File:
+    """Open a finished cache read-only; refuse one that an interrupted run left behind."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("feature file not found", path)
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"cannot open feature file ({str(exc).splitlines()[0]}); delete it to rebuild it", path) from None
+    if handle.attrs.get(WRITING_ATTR, False):
+        handle.close()
+        raise InputError("feature file was left incomplete by an interrupted run; rerun the extraction to finish it", path)
     return handle
 
 
@@ -233,20 +326,21 @@ def extract_local_features(
     from tqdm import tqdm
 
     output = Path(output)
-    if overwrite and output.exists():
-        output.unlink()
-    handle = _open_for_append(output, extractor.config())
-    try:
+    with _open_for_append(output, extractor.config(), overwrite) as handle:
         done = _complete_names(handle)
         todo = [n for n in names if n not in done]
         if todo:
             logger.info("extracting %s for %d images into %s", extractor.tag(), len(todo), output)
-        for name in tqdm(todo, desc=f"local {extractor.tag()}", disable=not progress or not todo, leave=False):
-            features = extractor(read_image(Path(image_root) / name))
-            write_local(handle, name, features, as_half)
-            handle.flush()
-    finally:
-        handle.close()
+        batch = max(1, int(getattr(extractor, "batch_size", 1)))
+        with tqdm(total=len(todo), desc=f"local {extractor.tag()}", disable=not progress or not todo, leave=False) as bar:
+            for start in range(0, len(todo), batch):
+                chunk = todo[start : start + batch]
+                images = [read_image(Path(image_root) / name) for name in chunk]
+                for name, features in zip(chunk, extractor.extract_batch(images), strict=True):
+                    write_local(handle, name, features, as_half)
+                # flushed per batch: a kill loses at most one batch, never a half-written group
+                handle.flush()
+                bar.update(len(chunk))
     return output
 
 
@@ -259,8 +353,8 @@ class FeatureCache:
         for p in (self.local_path, self.global_path):
             if p is not None and not p.is_file():
                 raise InputError("feature file not found", p)
-        self._local = h5py.File(self.local_path, "r")
-        self._global = None if self.global_path is None else h5py.File(self.global_path, "r")
+        self._local = open_cache_for_reading(self.local_path)
+        self._global = None if self.global_path is None else open_cache_for_reading(self.global_path)
 
     def local(self, name: str) -> LocalFeatures:
         return read_local(self._local, name, self.local_path)
@@ -285,7 +379,7 @@ class FeatureCache:
         self.close()
 
 
-# ---------------------------------------------------------------------------------------- global: VLAD
+# ------------------------------------------------------------------------------- global extractors, VLAD
 
 
 def read_global(handle: h5py.File, name: str, path: Path | str | None = "") -> np.ndarray:
@@ -305,16 +399,70 @@ def write_global(handle: h5py.File, name: str, descriptor: np.ndarray, as_half: 
     group.attrs["complete"] = True
 
 
-class Vlad:
+class GlobalExtractor:
+    """Base class of global (image retrieval) descriptors: one (G,) vector per image.
+
+    Two kinds exist: networks that look at the image (``uses_image``), and aggregators of the image's local
+    features such as VLAD (``uses_local_features``) whose state is trained on the database descriptors by
+    :meth:`fit`. :func:`extract_global_features` feeds each what it needs and stores the fitted state in the
+    cache, so a resumed extraction describes every image with the same vocabulary.
+    """
+
+    #: decode the image and pass it to :meth:`describe`.
+    uses_image: bool = True
+    #: pass the image's local features to :meth:`describe`; :meth:`fit` gets database descriptors.
+    uses_local_features: bool = False
+    #: images per :meth:`describe_batch` call.
+    batch_size: int = 1
+
+    def tag(self) -> str:
+        """A short name that encodes the configuration; used in cache file names."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """The full configuration, stored in the cache and compared on reuse."""
+        raise NotImplementedError
+
+    def fit(self, train_descriptors: np.ndarray) -> GlobalExtractor:
+        """Train on (M, D) local descriptors of the database; a no-op for pretrained networks."""
+        return self
+
+    @property
+    def needs_fit(self) -> bool:
+        return False
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What :meth:`fit` learned, as arrays to store with the descriptors."""
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` returned."""
+
+    def describe(self, image: np.ndarray | None, local: LocalFeatures | None = None) -> np.ndarray:
+        """(G,) float32 descriptor of an RGB uint8 image (H, W, 3) and/or its local features."""
+        raise NotImplementedError
+
+    def describe_batch(self, images: Sequence[np.ndarray | None], locals_: Sequence[LocalFeatures | None]) -> list[np.ndarray]:
+        return [self.describe(image, local) for image, local in zip(images, locals_, strict=False)]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.describe(image, None)
+
+
+class Vlad(GlobalExtractor):
     """VLAD over local descriptors with a k-means vocabulary trained on the database (needs no weights).
 
-    Intra-normalised per cluster, then power- (signed square root) and L2-normalised.
+    Intra-normalised per cluster, then power- (signed square root) and L2-normalised. Works over any local
+    feature, which makes it the offline default of every pipeline.
 
     Args:
         num_clusters: vocabulary size k; the descriptor has k x D dimensions.
         max_training_descriptors: descriptors sampled from the database to train the vocabulary.
         seed: k-means seed.
     """
+
+    uses_image = False
+    uses_local_features = True
 
     def __init__(self, num_clusters: int = 32, max_training_descriptors: int = 100_000, seed: int = 0):
         self.num_clusters = num_clusters
@@ -329,6 +477,10 @@ class Vlad:
     def tag(self) -> str:
         return f"vlad-k{self.num_clusters}"
 
+    @property
+    def needs_fit(self) -> bool:
+        return True
+
     def fit(self, descriptors: np.ndarray) -> Vlad:
         import faiss
 
@@ -342,7 +494,18 @@ class Vlad:
         self.centroids = kmeans.centroids.copy()
         return self
 
-    def __call__(self, descriptors: np.ndarray) -> np.ndarray:
+    def state(self) -> dict[str, np.ndarray]:
+        return {} if self.centroids is None else {"vocabulary": self.centroids}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.centroids = np.asarray(state["vocabulary"], np.float32)
+
+    def describe(self, image: np.ndarray | None, local: LocalFeatures | None = None) -> np.ndarray:
+        if local is None:
+            raise InputError("VLAD describes an image from its local features, and none were given")
+        return self(local.descriptors)
+
+    def __call__(self, descriptors: np.ndarray) -> np.ndarray:  # type: ignore[override]
         """(N, D) local descriptors -> (k*D,) VLAD vector."""
         if self.centroids is None:
             raise RuntimeError("Vlad.fit must run before describing images")
@@ -358,6 +521,86 @@ class Vlad:
         return vlad / max(float(np.linalg.norm(vlad)), 1e-12)
 
 
+#: prefix of root attributes that hold a fitted state; attributes, not datasets, because hloc's
+#: ``list_h5_names`` takes the parent of every dataset for an image name.
+_STATE_ATTR = "fuseloc_state."
+
+
+def _read_state(handle: h5py.File) -> dict[str, np.ndarray]:
+    state = {k[len(_STATE_ATTR):]: np.asarray(v) for k, v in handle.attrs.items() if k.startswith(_STATE_ATTR)}
+    if not state and isinstance(handle.get("vocabulary"), h5py.Dataset):
+        state = {"vocabulary": np.asarray(handle["vocabulary"])}  # caches written before GlobalExtractor
+    return state
+
+
+def extract_global_features(
+    extractor: GlobalExtractor,
+    names: Sequence[str],
+    output: str | Path,
+    image_root: str | Path | None = None,
+    local_path: str | Path | None = None,
+    train_names: Sequence[str] = (),
+    as_half: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Describe ``names`` into ``output`` (``global_descriptor`` per image, hloc's layout). Returns ``output``.
+
+    Args:
+        extractor: the global descriptor.
+        names: images to describe, relative to ``image_root``.
+        output: the global-feats h5 file; images already there are skipped.
+        image_root: where images are decoded from (extractors with ``uses_image``).
+        local_path: local feature file (extractors with ``uses_local_features``).
+        train_names: database images whose local descriptors :meth:`GlobalExtractor.fit` trains on.
+        as_half: store float16.
+        overwrite: start from an empty file.
+        progress: show a progress bar.
+    """
+    from tqdm import tqdm
+
+    output = Path(output)
+    if extractor.uses_image and image_root is None:
+        raise InputError(f"{extractor.tag()} describes images, but no image root was given", output)
+    if extractor.uses_local_features and local_path is None:
+        raise InputError(f"{extractor.tag()} aggregates local features, but no local feature file was given", output)
+    local = None if local_path is None or not extractor.uses_local_features else open_cache_for_reading(local_path)
+    try:
+        config = extractor.config()
+        if local is not None:
+            config = {**config, "local": json.loads(local.attrs.get("fuseloc_config", "{}"))}
+        if extractor.needs_fit:
+            config["train_images"] = config_hash(sorted(train_names))
+        with _open_for_append(output, config, overwrite) as handle:
+            if extractor.needs_fit:
+                state = _read_state(handle)
+                if state:
+                    extractor.load_state(state)
+                else:
+                    if local is None or not train_names:
+                        raise InputError(f"{extractor.tag()} must be trained, but no training images were given", output)
+                    train = np.concatenate([read_local(local, n, local_path).descriptors for n in train_names])
+                    extractor.fit(train)
+                    for key, value in extractor.state().items():
+                        handle.attrs[_STATE_ATTR + key] = value
+            done = _complete_names(handle)
+            todo = [n for n in names if n not in done]
+            batch = max(1, int(extractor.batch_size))
+            with tqdm(total=len(todo), desc=f"global {extractor.tag()}", disable=not progress or not todo, leave=False) as bar:
+                for start in range(0, len(todo), batch):
+                    chunk = todo[start : start + batch]
+                    images = [read_image(Path(image_root) / n) if extractor.uses_image else None for n in chunk]  # type: ignore[arg-type]
+                    locals_ = [read_local(local, n, local_path) if local is not None else None for n in chunk]
+                    for name, desc in zip(chunk, extractor.describe_batch(images, locals_), strict=True):
+                        write_global(handle, name, np.asarray(desc, np.float32).reshape(-1), as_half)
+                    handle.flush()
+                    bar.update(len(chunk))
+    finally:
+        if local is not None:
+            local.close()
+    return output
+
+
 def extract_vlad(
     vlad: Vlad,
     local_path: str | Path,
@@ -367,30 +610,47 @@ def extract_vlad(
     overwrite: bool = False,
 ) -> Path:
     """Train the VLAD vocabulary on ``train_names`` (database) and describe ``names`` into ``output``."""
-    output = Path(output)
-    local_path = Path(local_path)
-    with h5py.File(local_path, "r") as local:
-        train = np.concatenate([read_local(local, n, local_path).descriptors for n in train_names])
-        config = {**vlad.config(), "local": json.loads(local.attrs.get("fuseloc_config", "{}")),
-                  "train_images": config_hash(sorted(train_names))}
-        if overwrite and output.exists():
-            output.unlink()
-        handle = _open_for_append(output, config)
-        try:
-            if "vocabulary" in handle:
-                vlad.centroids = np.asarray(handle["vocabulary"], np.float32)
-            else:
-                vlad.fit(train)
-                handle.create_dataset("vocabulary_tmp", data=vlad.centroids)
-                handle.move("vocabulary_tmp", "vocabulary")
-            done = _complete_names(handle)
-            for name in names:
-                if name not in done:
-                    write_global(handle, name, vlad(read_local(local, name, local_path).descriptors))
-            handle.flush()
-        finally:
-            handle.close()
-    return output
+    return extract_global_features(vlad, names, output, local_path=local_path, train_names=train_names,
+                                   overwrite=overwrite, progress=False)
+
+
+# ------------------------------------------------------------------------- existing (e.g. hloc) feature files
+
+
+def check_feature_file(path: str | Path, names: Sequence[str], kind: str = "local") -> str:
+    """Check that an existing feature file (hloc's or ours) covers ``names``; return a tag for cache keys.
+
+    The tag carries the file's name, size and modification time, so caches built from it (triangulated
+    maps, fused maps) are not reused once the file changes.
+
+    Args:
+        path: ``feats-*.h5`` (kind ``local``) or ``global-feats-*.h5`` (kind ``global``).
+        names: images that must be present, e.g. ``db/1.jpg`` (a nested group in the file).
+        kind: ``local`` or ``global``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{kind} feature file not found", path)
+    key = "keypoints" if kind == "local" else "global_descriptor"
+    try:
+        handle = h5py.File(path, "r")
+    except OSError:
+        raise InputError("not a readable HDF5 feature file", path) from None
+    present: set[str] = set()
+    with handle:
+
+        def visit(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Group) and key in obj and obj.attrs.get("complete", True):
+                present.add(name)
+
+        handle.visititems(visit)
+    missing = [n for n in names if n not in present]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5])
+        raise InputError(f"{len(missing)} of {len(names)} images have no {kind} features ({key!r}) in this file, "
+                         f"first missing: {shown}", path)
+    stat = path.stat()
+    return f"{path.stem}-{config_hash([str(path.resolve()), stat.st_size, stat.st_mtime_ns])}"
 
 
 def cache_dir() -> Path:

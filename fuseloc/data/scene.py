@@ -135,21 +135,28 @@ class Scene:
 
     @classmethod
     def from_colmap(cls, model_dir: str | Path, image_root: str | Path | None = None) -> Scene:
-        """Read a COLMAP model (binary or text, with or without rigs/frames) through pycolmap."""
-        import pycolmap
+        """Read a COLMAP model (binary or text, with or without rigs/frames).
 
-        model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise InputError("COLMAP model directory not found", model_dir)
-        has_bin = (model_dir / "images.bin").is_file()
-        has_txt = (model_dir / "images.txt").is_file()
-        if not (has_bin or has_txt):
-            raise InputError("no images.bin or images.txt in COLMAP model directory", model_dir)
-        try:
-            rec = pycolmap.Reconstruction(str(model_dir))
-        except Exception as exc:  # pycolmap raises generic errors with C++ messages
-            raise InputError(f"cannot read COLMAP model: {str(exc).strip().splitlines()[-1]}", model_dir) from None
-        return cls.from_reconstruction(rec, image_root)
+        Uses the vectorised reader of :mod:`fuseloc.data.readers.colmap_model` (an Aachen-sized model in
+        seconds); pycolmap's object-per-point route (:meth:`from_reconstruction`) stays for in-memory
+        reconstructions.
+        """
+        from fuseloc.data.readers.colmap_model import read_model
+
+        model = read_model(model_dir)
+        return cls(
+            image_names=model.image_names,
+            image_cameras=[model.cameras[int(c)] for c in model.image_camera_ids],
+            R_cam_from_world=model.rotations.reshape(-1, 3, 3),
+            t_cam_from_world=model.tvecs.reshape(-1, 3),
+            points_xyz=model.points_xyz,
+            obs_image=model.obs_image,
+            obs_point=model.obs_point,
+            obs_xy=model.obs_xy,
+            obs_keypoint=model.obs_keypoint,
+            image_root=None if image_root is None else Path(image_root),
+            point_ids=model.point_ids,
+        )
 
     @classmethod
     def from_reconstruction(cls, rec, image_root: str | Path | None = None) -> Scene:  # noqa: ANN001

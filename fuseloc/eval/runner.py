@@ -12,73 +12,26 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fuseloc.data.features import FeatureCache, LocalExtractor, Vlad, extract_local_features, extract_vlad
+# prepare_* moved to the data layer (the training DataModule needs them); re-exported here for callers.
+from fuseloc.data.prepare import PreparedFeatures, prepare_features, prepare_scene  # noqa: F401
 from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
 from fuseloc.data.scene import QuerySet, Scene
-from fuseloc.data.triangulate import TriangulationConfig, triangulate_scene
 from fuseloc.errors import InputError
 from fuseloc.eval.metrics import pose_errors, summarize
 from fuseloc.io import config_hash, write_json_atomic, write_text_atomic
 from fuseloc.localize.fused_map import FusedMap, build_fused_map, fusion_class_path, fusion_init_args
-from fuseloc.localize.pipeline import Localizer, LocalizerConfig, localize_queries
+from fuseloc.localize.hierarchical import HierarchicalConfig, HierarchicalLocalizer, build_hierarchical_map
+from fuseloc.localize.pipeline import Localizer, LocalizerConfig, QueryLocalizer, localize_queries
 from fuseloc.models.fusion import Fusion
 from fuseloc.types import Pose, PoseResult
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PreparedFeatures:
-    """Feature caches for database and query images."""
-
-    cache: FeatureCache
-    local_tag: str
-    global_tag: str
-
-
-def prepare_features(
-    data: LocalizationData, local: LocalExtractor, vlad: Vlad, cache_dir: Path, progress: bool = True
-) -> PreparedFeatures:
-    """Extract (or reuse) local features for all images and VLAD for all images."""
-    t0 = time.perf_counter()
-    if data.scene.image_root is None:
-        raise InputError("the scene has no image root; readers must set it", data.root)
-    if data.queries.image_root != data.scene.image_root:
-        raise InputError("database and query images must share one image root (names are relative to it)", data.root)
-    names = list(dict.fromkeys([*data.scene.image_names, *data.queries.names]))
-    local_tag = local.tag()
-    local_path = extract_local_features(local, data.scene.image_root, names, cache_dir / f"feats-{local_tag}.h5", progress=progress)
-    global_tag = f"{vlad.tag()}-{local_tag}-{config_hash(sorted(data.scene.image_names))}"
-    global_path = extract_vlad(vlad, local_path, data.scene.image_names, names, cache_dir / f"global-feats-{global_tag}.h5")
-    logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
-    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
-
-
-def prepare_scene(
-    data: LocalizationData, features: PreparedFeatures, triangulation: TriangulationConfig, cache_dir: Path
-) -> Scene:
-    """The reference scene with 3D points: as read, or triangulated from the posed images (cached)."""
-    scene = data.scene
-    if scene.num_points > 0:
-        return scene
-    key = config_hash({"triangulation": asdict(triangulation), "features": features.local_tag,
-                       "images": scene.image_names, "poses": config_hash(scene.t_cam_from_world.round(6).tolist())})
-    path = cache_dir / f"sfm-{features.local_tag}-{key}.npz"
-    if path.is_file():
-        logger.info("loading triangulated map %s", path)
-        return Scene.load(path, scene.image_root)
-    t0 = time.perf_counter()
-    logger.info("the model has no 3D points: triangulating %d posed images with %s", scene.num_images, features.local_tag)
-    triangulated = triangulate_scene(scene, features.cache, triangulation, keypoint_source=features.local_tag)
-    triangulated.save(path)
-    logger.info("triangulated %d points in %.1f s", triangulated.num_points, time.perf_counter() - t0)
-    return triangulated
 
 
 def fusion_fingerprint(fusion: Fusion) -> str:
@@ -90,10 +43,25 @@ def fusion_fingerprint(fusion: Fusion) -> str:
     return digest.hexdigest()[:10]
 
 
+def scene_fingerprint(scene: Scene) -> str:
+    """Hash of everything a map is built from: images, poses, points and observations (not just their counts)."""
+    digest = hashlib.sha1(json.dumps(scene.image_names).encode())
+    for array in (scene.R_cam_from_world, scene.t_cam_from_world, scene.points_xyz, scene.obs_image, scene.obs_point,
+                  scene.obs_xy, scene.obs_keypoint):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:10]
+
+
+def query_fingerprint(queries: QuerySet) -> str:
+    """Hash of the query names and intrinsics: corrected intrinsics must not reuse old predictions."""
+    return config_hash([queries.names, [c.to_tokens() for c in queries.cameras]])
+
+
 def prepare_map(scene: Scene, features: PreparedFeatures, fusion: Fusion, cache_dir: Path, progress: bool = True) -> FusedMap:
     """Build (or load) the fused map of ``scene`` for a fitted ``fusion``."""
     key = config_hash({"fusion": fusion_fingerprint(fusion), "local": features.local_tag, "global": features.global_tag,
-                       "points": scene.num_points, "obs": len(scene.obs_point), "images": config_hash(scene.image_names)})
+                       "points": scene.num_points, "obs": len(scene.obs_point), "images": config_hash(scene.image_names),
+                       "scene": scene_fingerprint(scene)})
     path = cache_dir / f"map-{key}.h5"
     if path.is_file():
         logger.info("loading fused map %s", path)
@@ -231,10 +199,48 @@ def run_method(
     t0 = time.perf_counter()
     fused_map = prepare_map(scene, features, fusion, cache_dir, progress)
     map_time = time.perf_counter() - t0
+    stamp = {"map": fused_map.config.get("key"), "localizer": asdict(localizer_config),
+             "queries": query_fingerprint(data.queries)}
+    return _localize_and_report(label, lambda: Localizer(fused_map, localizer_config, fusion), stamp, fused_map.nbytes(),
+                                fused_map.num_points, map_time, data, features, output_dir, progress)
+
+
+def run_hierarchical(
+    label: str,
+    scene: Scene,
+    data: LocalizationData,
+    features: PreparedFeatures,
+    config: HierarchicalConfig,
+    output_dir: Path,
+    progress: bool = True,
+) -> MethodOutcome:
+    """The hierarchical baseline (retrieval, 2D-2D matching, PnP) through the same resumable flow as :func:`run_method`."""
+    t0 = time.perf_counter()
+    hmap = build_hierarchical_map(scene, features.cache, feature_tag=features.local_tag, progress=progress)
+    map_time = time.perf_counter() - t0
+    stamp = {"map": config_hash({"local": features.local_tag, "global": features.global_tag, "points": scene.num_points,
+                                 "obs": len(scene.obs_point), "images": config_hash(scene.image_names),
+                                 **hmap.config}),
+             "hierarchical": asdict(config), "queries": query_fingerprint(data.queries)}
+    return _localize_and_report(label, lambda: HierarchicalLocalizer(hmap, config), stamp, hmap.nbytes(), hmap.num_points,
+                                map_time, data, features, output_dir, progress)
+
+
+def _localize_and_report(
+    label: str,
+    make_localizer: Callable[[], QueryLocalizer],
+    stamp: dict,
+    map_bytes: int,
+    num_points: int,
+    map_time: float,
+    data: LocalizationData,
+    features: PreparedFeatures,
+    output_dir: Path,
+    progress: bool,
+) -> MethodOutcome:
+    """Localize the queries not yet in this method's prediction log, then write submission and summary."""
     method_dir = output_dir / label
     log_path = method_dir / "predictions.jsonl"
-    stamp = {"map": fused_map.config.get("key"), "localizer": asdict(localizer_config),
-             "queries": config_hash(data.queries.names)}
     stamp_path = method_dir / "run_config.json"
     if stamp_path.is_file() and json.loads(stamp_path.read_text()) != json.loads(json.dumps(stamp)):
         logger.warning("%s: configuration changed since the last run; discarding its predictions", method_dir)
@@ -245,7 +251,7 @@ def run_method(
         logger.info("%s: resuming, %d of %d queries already localized", label, len(done), len(data.queries))
     log = PredictionLog(log_path)
     try:
-        localizer = Localizer(fused_map, localizer_config, fusion)
+        localizer = make_localizer()
         new = localize_queries(localizer, data.queries, features.cache, skip=set(done), on_result=log, progress=progress)
     finally:
         log.close()
@@ -255,22 +261,56 @@ def run_method(
     timings["map_build_total"] = map_time
     write_submission(method_dir / "submission.txt", results, data.queries, data.spec)
     write_json_atomic(method_dir / "summary.json", {"method": label, "benchmark": data.spec.name, "metrics": summary,
-                                                    "timings_median_s": timings, "map_bytes": fused_map.nbytes(),
-                                                    "num_points": fused_map.num_points,
+                                                    "timings_median_s": timings, "map_bytes": map_bytes,
+                                                    "num_points": num_points,
                                                     "failed": sorted(n for n, r in results.items() if not r.success)})
-    return MethodOutcome(label, results, summary, timings, fused_map.nbytes(), fused_map.num_points, method_dir)
+    return MethodOutcome(label, results, summary, timings, map_bytes, num_points, method_dir)
+
+
+def merge_part_outcomes(per_part: Sequence[Sequence[MethodOutcome]], parts: Sequence[LocalizationData],
+                        bench_dir: Path) -> list[MethodOutcome]:
+    """Merge each method's results over the parts of a multi-map dataset (same methods, same order, per part)
+    into ``<bench_dir>/<method>/submission.txt`` and ``summary.json`` (metrics over all parts plus per part)."""
+    spec = parts[0].spec
+    queries = QuerySet(
+        names=[n for p in parts for n in p.queries.names],
+        cameras=[c for p in parts for c in p.queries.cameras],
+        gt_poses=[g for p in parts for g in (p.queries.gt_poses or [None] * len(p.queries))],
+        conditions=[c for p in parts for c in p.queries.conditions],
+    )
+    if len(set(queries.names)) != len(queries.names):
+        raise InputError("query names repeat across parts; they could not share one submission file")
+    merged = []
+    for outcomes in zip(*per_part):
+        label = outcomes[0].label
+        results = {name: r for o in outcomes for name, r in o.results.items()}
+        summary = evaluate_results(results, queries, spec)
+        timings = timing_summary(results)
+        method_dir = bench_dir / label
+        write_submission(method_dir / "submission.txt", results, queries, spec)
+        write_json_atomic(method_dir / "summary.json", {
+            "method": label, "benchmark": spec.name, "metrics": summary, "timings_median_s": timings,
+            "parts": {p.part: o.summary for p, o in zip(parts, outcomes)},
+            "map_bytes": sum(o.map_bytes for o in outcomes), "num_points": sum(o.num_points for o in outcomes),
+            "failed": sorted(n for n, r in results.items() if not r.success)})
+        merged.append(MethodOutcome(label, results, summary, timings, sum(o.map_bytes for o in outcomes),
+                                    sum(o.num_points for o in outcomes), method_dir))
+    return merged
 
 
 def format_table(outcomes: Sequence[MethodOutcome], spec: BenchmarkSpec) -> str:
     """A plain-text table: one row per method and split with recall, medians, timings and map size."""
     keys = [f"{t:g}m,{r:g}°" for t, r in spec.thresholds]
-    header = ["method", "split", "n", *keys, "med t (m)", "med R (°)", "fuse+search (ms)", "pnp (ms)", "map (MB)"]
+    # Cambridge-style benchmarks are reported as medians in centimetres (BenchmarkSpec.report == "median").
+    t_scale, t_unit = (100.0, "cm") if spec.report == "median" else (1.0, "m")
+    header = ["method", "split", "n", *keys, f"med t ({t_unit})", "med R (°)", "match (ms)", "pnp (ms)", "map (MB)"]
     rows = [header]
     for o in outcomes:
-        fuse_search = 1e3 * (o.timings.get("fusion", 0) + o.timings.get("search", 0))
+        # Hierarchical runs time retrieval + 2D-2D matching where fused runs time fusion + 1-NN search.
+        fuse_search = 1e3 * sum(o.timings.get(k, 0) for k in ("fusion", "search", "retrieval", "matching"))
         for split, m in sorted(o.summary.items(), key=lambda kv: (kv[0] == "all", kv[0])):
             recalls = [f"{m[k]:.1f}" for k in m if k.startswith("recall_")]
-            rows.append([o.label, split, str(m["num_queries"]), *recalls, f"{m['median_t_m']:.3f}", f"{m['median_R_deg']:.2f}",
+            rows.append([o.label, split, str(m["num_queries"]), *recalls, f"{t_scale * m['median_t_m']:.3f}", f"{m['median_R_deg']:.2f}",
                          f"{fuse_search:.1f}", f"{1e3 * o.timings.get('pnp', 0):.1f}", f"{o.map_bytes / 1e6:.2f}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

@@ -194,8 +194,15 @@ def build_fused_map(
         if not ok.any():
             continue
         fused = fusion.fuse(torch.from_numpy(local.descriptors[kp[ok]]), reduced[i : i + 1]).numpy()
-        np.add.at(sums, scene.obs_point[obs[ok]], fused)
-        np.add.at(counts, scene.obs_point[obs[ok]], 1)
+        points = scene.obs_point[obs[ok]]
+        # np.add.at is ~20x slower than buffered fancy-index adds (minutes at Aachen scale); an image sees a
+        # point at most once in SfM models, so the buffered add is exact unless a point repeats in this image.
+        if len(np.unique(points)) == len(points):
+            sums[points] += fused
+            counts[points] += 1
+        else:
+            np.add.at(sums, points, fused)
+            np.add.at(counts, points, 1)
     has = counts > 0
     if not has.any():
         raise InputError(f"no map observation could be associated with a detected keypoint (radius {radius} px)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ import torch
 from fuseloc.data.features import FeatureCache
 from fuseloc.data.scene import QuerySet
 from fuseloc.localize.fused_map import FusedMap
-from fuseloc.localize.index import build_index, search
+from fuseloc.localize.index import IndexConfig, MapIndex, SearchResult
 from fuseloc.localize.pose import PnPConfig, estimate_absolute_pose
 from fuseloc.models.fusion import Fusion
 from fuseloc.types import Camera, Pose, PoseResult
@@ -31,12 +31,20 @@ class LocalizerConfig:
             nearest database image (by global descriptor).
         min_inliers: fewer PnP inliers marks the query failed; it then gets the fallback pose.
         pnp: RANSAC settings.
-        use_gpu: faiss on the GPU when one is present.
+        index: nearest-neighbour index over the map descriptors (exact or approximate).
+        ratio_threshold: Lowe's ratio test on the two nearest map points (distance, not squared); 1 keeps
+            every 1-NN match.
+        unique_points: keep only the closest query keypoint per map point; the others matched to the same
+            point are mostly outliers that would only slow RANSAC down.
+        use_gpu: faiss on the GPU when one is present (same as ``index.use_gpu``).
     """
 
     query_global: Literal["light", "heavy"] = "light"
     min_inliers: int = 12
     pnp: PnPConfig = field(default_factory=PnPConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    ratio_threshold: float = 1.0
+    unique_points: bool = True
     use_gpu: bool = False
 
 
@@ -56,8 +64,10 @@ class Localizer:
         self.map = fused_map
         self.config = config
         self.fusion = (fusion if fusion is not None else fused_map.fusion()).eval()
-        self.index = build_index(fused_map.descriptors, use_gpu=config.use_gpu)
+        index_config = config.index if not config.use_gpu else replace(config.index, use_gpu=True)
+        self.index = MapIndex(fused_map.descriptors, index_config)
         self.db_global = np.ascontiguousarray(fused_map.db_global, np.float32)
+        self._xyz = np.ascontiguousarray(fused_map.xyz, np.float64)
 
     def nearest_database_image(self, global_desc: np.ndarray) -> int:
         return int(np.argmin(((self.db_global - global_desc[None]) ** 2).sum(1)))
@@ -74,27 +84,58 @@ class Localizer:
         reduced = self.fusion.reduce_global(torch.from_numpy(np.asarray(global_desc, np.float32))[None])
         fused = self.fusion.fuse(torch.from_numpy(np.asarray(local_desc, np.float32)), reduced).numpy()
         t1 = time.perf_counter()
-        result = search(self.index, fused, k=1)
+        use_ratio = self.config.ratio_threshold < 1.0
+        result = self.index.search(fused, k=2 if use_ratio else 1)
+        keep = filter_matches(result, self.config.ratio_threshold, self.config.unique_points)
         timings["fusion"] = t1 - t0
         timings["search"] = time.perf_counter() - t1
-        return QueryMatches(keypoints, result.indices[:, 0], result.distances[:, 0])
+        return QueryMatches(keypoints[keep], result.indices[keep, 0], result.distances[keep, 0])
 
     def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult:
         timings: dict[str, float] = {}
         nearest_db = self.nearest_database_image(global_desc)
         matches = self.match(local_desc, keypoints, global_desc, timings)
         t0 = time.perf_counter()
-        pnp = estimate_absolute_pose(matches.p2d, self.map.xyz[matches.point_index], camera, self.config.pnp)
+        pnp = estimate_absolute_pose(matches.p2d, self._xyz[matches.point_index], camera, self.config.pnp,
+                                     quality=-matches.distances)
         timings["pnp"] = time.perf_counter() - t0
         num_inliers = 0 if pnp is None else pnp.num_inliers
         if pnp is None or num_inliers < self.config.min_inliers:
             reason = f"{num_inliers} inliers < {self.config.min_inliers}" if pnp is not None else f"only {len(matches.p2d)} matches"
+            if len(keypoints) == 0:
+                reason = "no keypoints detected in the query image (blank, black or featureless?)"
             return PoseResult(self.fallback_pose(nearest_db), False, len(matches.p2d), num_inliers, reason, timings)
         return PoseResult(pnp.pose, True, len(matches.p2d), num_inliers, "", timings)
 
 
+def filter_matches(result: SearchResult, ratio_threshold: float = 1.0, unique_points: bool = False) -> np.ndarray:
+    """Rows of a k-NN result kept as matches: a valid 1-NN, passing the ratio test, one per map point.
+
+    Returns the kept query rows in ascending order, so filtering never reorders matches.
+    """
+    indices, distances = result.indices, result.distances
+    keep = indices[:, 0] >= 0
+    if ratio_threshold < 1.0 and indices.shape[1] > 1:
+        # Squared distances: compare against the squared ratio. No second neighbour means no ambiguity.
+        second = np.where(indices[:, 1] >= 0, distances[:, 1], np.inf)
+        keep &= distances[:, 0] <= ratio_threshold**2 * second
+    rows = np.flatnonzero(keep)
+    if unique_points and len(rows):
+        order = rows[np.lexsort((distances[rows, 0], indices[rows, 0]))]
+        point = indices[order, 0]
+        first = np.r_[True, point[1:] != point[:-1]]
+        rows = np.sort(order[first])
+    return rows
+
+
+class QueryLocalizer(Protocol):
+    """Anything that turns one query's cached features into a :class:`PoseResult` (fused, hierarchical...)."""
+
+    def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult: ...
+
+
 def localize_queries(
-    localizer: Localizer,
+    localizer: QueryLocalizer,
     queries: QuerySet,
     features: FeatureCache,
     skip: set[str] | None = None,

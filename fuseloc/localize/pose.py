@@ -17,12 +17,15 @@ class PnPConfig:
         max_reproj_error: inlier threshold in pixels.
         min_iterations, max_iterations: RANSAC iteration bounds.
         seed: RANSAC seed (same inputs and seed give the same pose).
+        progressive_sampling: PROSAC: draw minimal samples from the best-quality matches first (needs the
+            ``quality`` of each match, e.g. minus its descriptor distance); the stopping rule is unchanged.
     """
 
     max_reproj_error: float = 12.0
     min_iterations: int = 100
     max_iterations: int = 10_000
     seed: int = 0
+    progressive_sampling: bool = False
 
 
 @dataclass
@@ -32,17 +35,35 @@ class PnPResult:
     num_inliers: int
 
 
-def estimate_absolute_pose(p2d: np.ndarray, p3d: np.ndarray, camera: Camera, config: PnPConfig = PnPConfig()) -> PnPResult | None:
-    """Pose from (M, 2) pixel points (COLMAP convention) and (M, 3) world points; None with fewer than 4 matches."""
+def estimate_absolute_pose(
+    p2d: np.ndarray, p3d: np.ndarray, camera: Camera, config: PnPConfig = PnPConfig(), quality: np.ndarray | None = None
+) -> PnPResult | None:
+    """Pose from (M, 2) pixel points (COLMAP convention) and (M, 3) world points; None with fewer than 4 matches.
+
+    ``quality`` (M,), higher is better, orders the matches for progressive sampling; without it (or with
+    ``progressive_sampling`` off) the matches are sampled uniformly.
+    """
     import poselib
 
     if len(p2d) < 4:
         return None
+    progressive = config.progressive_sampling and quality is not None
+    order = np.argsort(-np.asarray(quality), kind="stable") if progressive else None
+    if order is not None:
+        p2d, p3d = p2d[order], p3d[order]
     ransac = {"max_reproj_error": config.max_reproj_error, "min_iterations": config.min_iterations,
-              "max_iterations": config.max_iterations, "seed": config.seed}
+              "max_iterations": config.max_iterations, "seed": config.seed, "progressive_sampling": progressive}
     # poselib's camera models take pixel coordinates with the same principal point as COLMAP.
     pose, info = poselib.estimate_absolute_pose(
         np.ascontiguousarray(p2d, np.float64), np.ascontiguousarray(p3d, np.float64), camera.to_poselib(), ransac, {}
     )
+    # Degenerate samples (e.g. all matches on a few collinear map points) can make poselib return a NaN
+    # pose; that is a failed query, not bad input.
+    if not (np.all(np.isfinite(pose.q)) and np.all(np.isfinite(pose.t))):
+        return None
     inliers = np.asarray(info["inliers"], bool)
+    if order is not None:
+        unsorted = np.empty_like(inliers)
+        unsorted[order] = inliers
+        inliers = unsorted
     return PnPResult(Pose.from_qt(pose.q, pose.t), inliers, int(inliers.sum()))

@@ -146,3 +146,113 @@ class FixedFusion(Fusion):
 
     def fuse(self, local_desc: Tensor, reduced_global: Tensor) -> Tensor:
         return self.lam * local_desc + (1.0 - self.lam) * reduced_global
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
+
+
+class LearnedFusion(Fusion):
+    """A fusion whose weighting and reductions are learned by metric learning (``train.py``).
+
+    ``f(l, g) = normalize(λ·a ⊙ (A·l) + (1-λ)·b(r) ⊙ r)``, with ``r = normalize(Pᵀ(g - μ))``:
+
+    - ``P`` (G x D) projects the global descriptor to the local dimension; :meth:`fit` initialises it (and
+      the mean μ) with PCA of the database, the same reduction FixedFusion uses, so training starts from the
+      paper's fusion at λ = ``init_lam``.
+    - ``λ = sigmoid(·)`` is one learned scalar; ``a`` and ``b`` are per-dimension gates in (0, 2) that start
+      at 1. ``b`` may also depend on the image (``conditioned_gate``: an affine map of ``r``), which lets the
+      fusion lean on the global part more for some images than for others.
+    - ``A`` (D x D, optional, starts at the identity) re-projects the local descriptor.
+    - The output is L2-normalised so that query and map descriptors stay comparable whatever the weights.
+
+    Everything per image (``P``, the conditioned gate, λ) runs in :meth:`reduce_global`; per keypoint
+    :meth:`fuse` costs an elementwise product and sum plus ``A·l`` when ``project_local`` is set.
+
+    Args:
+        local_dim: D.
+        global_dim: G.
+        init_lam: λ before training, in (0, 1).
+        per_dim_gate: learn the per-dimension gates ``a`` and ``b``.
+        conditioned_gate: make ``b`` depend on the image's reduced global descriptor.
+        project_local: learn the D x D local projection ``A``.
+        train_projection: learn ``P``; off keeps the PCA from :meth:`fit` (fewer parameters for tiny maps).
+        normalize_output: L2-normalise the fused descriptor.
+    """
+
+    def __init__(
+        self,
+        local_dim: int = 128,
+        global_dim: int = 4096,
+        init_lam: float = 0.5,
+        per_dim_gate: bool = True,
+        conditioned_gate: bool = True,
+        project_local: bool = False,
+        train_projection: bool = True,
+        normalize_output: bool = True,
+    ):
+        super().__init__(local_dim, global_dim)
+        if not 0.0 < init_lam < 1.0:
+            raise InputError(f"init_lam must be in (0, 1), got {init_lam}")
+        self.init_lam = init_lam
+        self.per_dim_gate = per_dim_gate
+        self.conditioned_gate = conditioned_gate
+        self.project_local = project_local
+        self.train_projection = train_projection
+        self.normalize_output = normalize_output
+        self.lam_logit = nn.Parameter(torch.tensor(_logit(init_lam)))
+        self.register_buffer("global_mean", torch.zeros(global_dim))
+        self.register_buffer("fitted", torch.tensor(False))
+        self.global_projection = nn.Parameter(torch.zeros(global_dim, local_dim), requires_grad=train_projection)
+        if per_dim_gate:
+            self.local_gate_logit = nn.Parameter(torch.zeros(local_dim))
+            self.global_gate_logit = nn.Parameter(torch.zeros(local_dim))
+        if conditioned_gate:
+            # Starts as the zero map: training begins exactly at the unconditioned fusion.
+            self.gate_condition = nn.Linear(local_dim, local_dim)
+            nn.init.zeros_(self.gate_condition.weight)
+            nn.init.zeros_(self.gate_condition.bias)
+        if project_local:
+            self.local_projection = nn.Parameter(torch.eye(local_dim))
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    @property
+    def lam(self) -> Tensor:
+        """The current scalar λ (weight of the local part)."""
+        return torch.sigmoid(self.lam_logit)
+
+    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None) -> None:
+        """PCA initialisation of ``P`` and μ from the database global descriptors (N, G)."""
+        self.check_dims(self.local_dim, global_db.shape[1], "PCA fit")
+        mean, projection = pca_projection(global_db, self.local_dim)
+        with torch.no_grad():
+            self.global_mean.copy_(torch.from_numpy(mean))
+            self.global_projection.copy_(torch.from_numpy(projection))
+            self.fitted.fill_(True)
+
+    def local_gate(self) -> Tensor:
+        """[D] per-dimension weights of the local part (all 1 without ``per_dim_gate``)."""
+        if self.per_dim_gate:
+            return 2.0 * torch.sigmoid(self.local_gate_logit)
+        return torch.ones(self.local_dim, dtype=self.lam_logit.dtype, device=self.lam_logit.device)
+
+    def global_gate(self, reduced: Tensor) -> Tensor:
+        """[B x D] per-image, per-dimension weights of the global part."""
+        logit = torch.zeros_like(reduced)
+        if self.per_dim_gate:
+            logit = logit + self.global_gate_logit
+        if self.conditioned_gate:
+            logit = logit + self.gate_condition(reduced)
+        return 2.0 * torch.sigmoid(logit)
+
+    def reduce_global(self, global_desc: Tensor) -> Tensor:
+        reduced = nn.functional.normalize((global_desc - self.global_mean) @ self.global_projection, dim=-1)
+        return (1.0 - self.lam) * self.global_gate(reduced) * reduced
+
+    def fuse(self, local_desc: Tensor, reduced_global: Tensor) -> Tensor:
+        local = local_desc @ self.local_projection if self.project_local else local_desc
+        fused = (self.lam * self.local_gate()) * local + reduced_global
+        return nn.functional.normalize(fused, dim=-1) if self.normalize_output else fused

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from fuseloc.data.scene import QuerySet, Scene
+from fuseloc.errors import InputError
 
 #: visuallocalization.net thresholds: (metres, degrees).
 STANDARD_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
@@ -61,6 +63,8 @@ class LocalizationData:
         root: dataset root, used for cache keys and messages.
         validation: queries with ground truth for validation during training (e.g. RobotCar training
             queries, Cambridge test poses); None lets the DataModule hold out database images instead.
+        part: name of this part when a dataset has several independent maps (``slice2``, ``ShopFacade``);
+            None for single-map datasets.
     """
 
     scene: Scene
@@ -68,6 +72,7 @@ class LocalizationData:
     spec: BenchmarkSpec
     root: Path
     validation: QuerySet | None = None
+    part: str | None = None
 
 
 class DatasetReader:
@@ -75,3 +80,35 @@ class DatasetReader:
 
     def load(self) -> LocalizationData:
         raise NotImplementedError
+
+    def load_parts(self) -> list[LocalizationData]:
+        """The dataset as independent maps (e.g. CMU slices, Cambridge scenes), each with its own ``part``
+        name; evaluation localizes each against its own map and merges the submissions. Default: one part."""
+        return [self.load()]
+
+
+class Preloaded(DatasetReader):
+    """A reader that hands back data already loaded (e.g. one part of a multi-part dataset)."""
+
+    def __init__(self, data: LocalizationData):
+        self.data = data
+
+    def load(self) -> LocalizationData:
+        return self.data
+
+
+def resolve_root(root: str | Path | None, default_name: str) -> Path:
+    """The dataset root: ``root`` with environment variables expanded, or ``$FUSELOC_DATA/<default_name>``.
+
+    Configs can then say ``root: ${FUSELOC_DATA}/aachen_v1.1`` (jsonargparse keeps the string as is) or omit
+    the root entirely; an unset variable is an error rather than a path with a literal ``$`` in it.
+    """
+    if root is None:
+        base = os.environ.get("FUSELOC_DATA")
+        if not base:
+            raise InputError(f"no dataset root given and FUSELOC_DATA is not set (expected $FUSELOC_DATA/{default_name})")
+        return Path(base) / default_name
+    expanded = os.path.expanduser(os.path.expandvars(str(root)))
+    if "$" in expanded:
+        raise InputError(f"dataset root {str(root)!r} uses an environment variable that is not set")
+    return Path(expanded)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fuseloc.data.readers.base import STANDARD_THRESHOLDS, BenchmarkSpec, DatasetReader, LocalizationData
+from fuseloc.data.readers.colmap_model import locate_image
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
 from fuseloc.io import iter_lines, parse_floats
@@ -132,7 +133,8 @@ class GenericDataset(DatasetReader):
                     raise InputError(f"query image {q.name!r} not found under {image_root}", query_path, q.line)
             for name in scene.image_names:
                 if not (image_root / name).is_file():
-                    raise InputError(f"database image {name!r} not found under {image_root}", self.root / self.model)
+                    raise InputError(f"database image {name!r} not found under {image_root}",
+                                     *locate_image(self.root / self.model, name=name))
         gt = None
         if (self.root / self.gt_poses).is_file():
             gt_map = read_pose_list(self.root / self.gt_poses)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fuseloc.data.readers.base import STANDARD_THRESHOLDS, BenchmarkSpec, DatasetReader, LocalizationData
+from fuseloc.data.readers.colmap_model import locate_image
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
 
@@ -42,7 +43,8 @@ class PosedImagesDataset(DatasetReader):
         full = Scene.from_colmap(self.root / self.model, image_root)
         for name in full.image_names:
             if not (image_root / name).is_file():
-                raise InputError(f"image {name!r} listed in the model not found under {image_root}", self.root / self.model)
+                raise InputError(f"image {name!r} listed in the model not found under {image_root}",
+                                 *locate_image(self.root / self.model, name=name))
         order = np.argsort(full.image_names)
         is_query = np.zeros(full.num_images, bool)
         is_query[order[self.query_offset :: self.query_every]] = True

@@ -1,0 +1,249 @@
+"""2D-3D training samples: every database observation with its local descriptor, labelled by its 3D point.
+
+A training batch holds P points with up to M observations each. Half of the points (by default) are *hard
+confusers*: points whose mean local descriptor is among the nearest of another sampled point's, yet which lie
+far from it in 3D. Those are exactly the pairs local-only matching confuses and the global context must
+separate; uniform sampling would almost never put both in one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from fuseloc.data.features import FeatureCache
+from fuseloc.data.scene import Scene
+from fuseloc.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: Keys of a training batch, with shapes (B observations, U distinct images, D local dim, G global dim).
+BATCH_KEYS = {
+    "local": "[B x D] float32 local descriptors",
+    "global": "[U x G] float32 global descriptors of the batch's images",
+    "global_index": "[B] int64 row of ``global`` of each observation's image",
+    "labels": "[B] int64 3D point index (the metric-learning label)",
+    "is_confuser": "[B] bool, the observation's point was drawn as a confuser of another point",
+}
+
+
+@dataclass
+class Correspondences:
+    """Database observations that could be tied to a cached keypoint.
+
+    Attributes:
+        local: (M, D) float32 local descriptor of each observation.
+        obs_point: (M,) int64 3D point index (into ``points_xyz``) of each observation.
+        obs_image: (M,) int64 database image index (into ``global_desc``) of each observation.
+        global_desc: (N, G) float32 global descriptor of each database image.
+        points_xyz: (P, 3) float64 point positions in metres.
+        image_names: N database image names.
+    """
+
+    local: np.ndarray
+    obs_point: np.ndarray
+    obs_image: np.ndarray
+    global_desc: np.ndarray
+    points_xyz: np.ndarray
+    image_names: list[str]
+
+    @property
+    def num_observations(self) -> int:
+        return len(self.obs_point)
+
+    def observations_per_point(self) -> np.ndarray:
+        return np.bincount(self.obs_point, minlength=len(self.points_xyz))
+
+    def mean_local(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices of points with observations, their (K, D) mean local descriptors)."""
+        counts = self.observations_per_point()
+        sums = np.zeros((len(self.points_xyz), self.local.shape[1]), np.float64)
+        np.add.at(sums, self.obs_point, self.local)
+        has = np.flatnonzero(counts > 0)
+        return has, (sums[has] / counts[has, None]).astype(np.float32)
+
+
+def _associate(keypoints: np.ndarray, obs_xy: np.ndarray, radius: float) -> np.ndarray:
+    if len(keypoints) == 0 or len(obs_xy) == 0:
+        return np.full(len(obs_xy), -1, np.int64)
+    dist, idx = cKDTree(keypoints).query(obs_xy, k=1, distance_upper_bound=radius)
+    return np.where(np.isfinite(dist), idx, -1).astype(np.int64)
+
+
+def gather_correspondences(
+    scene: Scene,
+    features: FeatureCache,
+    feature_tag: str | None = None,
+    association: Literal["auto", "index", "radius"] = "auto",
+    radius: float = 5.0,
+) -> Correspondences:
+    """Tie every observation of ``scene`` to its cached local descriptor, as the fused map does.
+
+    Args:
+        scene: database scene with points and observations.
+        features: cache with the database images' local features and global descriptors.
+        feature_tag: tag of the local features; with ``auto``, observations carry keypoint indices of these
+            features when ``scene.keypoint_source`` equals it, otherwise they are associated by radius.
+        association: ``index``, ``radius`` or ``auto`` (see :func:`fuseloc.localize.fused_map.build_fused_map`).
+        radius: association radius in pixels.
+    """
+    if scene.num_points == 0:
+        raise InputError("the training scene has no 3D points")
+    if association == "auto":
+        association = "index" if scene.keypoint_source and scene.keypoint_source == feature_tag else "radius"
+    global_desc = features.global_descriptors(scene.image_names).astype(np.float32)
+    order = np.argsort(scene.obs_image, kind="stable")
+    bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
+    local_parts, point_parts, image_parts = [], [], []
+    for i in range(scene.num_images):
+        obs = order[bounds[i] : bounds[i + 1]]
+        if len(obs) == 0:
+            continue
+        local = features.local(scene.image_names[i])
+        if association == "index":
+            kp = scene.obs_keypoint[obs].astype(np.int64)
+            if kp.max(initial=-1) >= len(local.keypoints):
+                raise InputError(f"image {scene.image_names[i]!r}: observation keypoint index beyond the "
+                                 f"{len(local.keypoints)} cached keypoints (map made with other features?)", features.local_path)
+        else:
+            kp = _associate(local.keypoints, scene.obs_xy[obs], radius)
+        ok = kp >= 0
+        local_parts.append(local.descriptors[kp[ok]].astype(np.float32))
+        point_parts.append(scene.obs_point[obs[ok]].astype(np.int64))
+        image_parts.append(np.full(int(ok.sum()), i, np.int64))
+    if not local_parts or sum(len(p) for p in point_parts) == 0:
+        raise InputError("no database observation could be tied to a cached keypoint")
+    corr = Correspondences(np.concatenate(local_parts), np.concatenate(point_parts), np.concatenate(image_parts),
+                           global_desc, np.asarray(scene.points_xyz, np.float64), list(scene.image_names))
+    logger.info("training correspondences: %d observations of %d points in %d images (%s association)",
+                corr.num_observations, int((corr.observations_per_point() > 0).sum()), scene.num_images, association)
+    return corr
+
+
+def mine_confusers(corr: Correspondences, k: int = 8, min_distance: float = 5.0) -> np.ndarray:
+    """Hard confusers of every point, from the local-only map.
+
+    For each point, the ``k`` points whose mean local descriptors are nearest to its own (faiss exact k-NN),
+    keeping only those more than ``min_distance`` metres away in 3D: look-alikes elsewhere in the scene.
+
+    Returns:
+        (P, k) int64 point indices, nearest first, padded with -1.
+    """
+    import faiss
+
+    has, means = corr.mean_local()
+    confusers = np.full((len(corr.points_xyz), k), -1, np.int64)
+    if len(has) < 2 or k == 0:
+        return confusers
+    kk = min(k + 1, len(has))
+    _, nn = faiss.knn(np.ascontiguousarray(means), np.ascontiguousarray(means), kk)
+    neighbours = has[nn]  # (K, kk) point indices, self usually first
+    xyz = corr.points_xyz
+    far = np.linalg.norm(xyz[neighbours] - xyz[has][:, None], axis=2) > min_distance
+    far &= neighbours != has[:, None]
+    for row, point in enumerate(has):
+        picked = neighbours[row][far[row]][:k]
+        confusers[point, : len(picked)] = picked
+    logger.info("confusers: %d of %d points have a look-alike more than %g m away", int((confusers[:, 0] >= 0).sum()),
+                len(has), min_distance)
+    return confusers
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How training batches are drawn.
+
+    Attributes:
+        points_per_batch: P, distinct 3D points per batch.
+        obs_per_point: M, observations drawn per point (fewer when a point has fewer).
+        confuser_fraction: share of the P points drawn as hard confusers of the others.
+        batches_per_epoch: batches each process yields per epoch.
+        seed: base seed; a batch depends only on (seed, epoch, rank, batch index).
+    """
+
+    points_per_batch: int = 64
+    obs_per_point: int = 4
+    confuser_fraction: float = 0.5
+    batches_per_epoch: int = 50
+    seed: int = 0
+
+
+class CorrespondenceBatches(torch.utils.data.IterableDataset):
+    """Yields ready-made P x M batches (a dict with :data:`BATCH_KEYS`); use with ``DataLoader(batch_size=None)``.
+
+    Under DDP every process draws its own batches (the rank is in the seed) and yields the same number of
+    them, so no process waits on another. Each new iteration (epoch) draws new batches.
+    """
+
+    def __init__(self, corr: Correspondences, confusers: np.ndarray, config: BatchConfig = BatchConfig(),  # noqa: B008
+                 fixed_epoch: int | None = None):
+        super().__init__()
+        self.corr = corr
+        self.confusers = confusers
+        self.config = config
+        self.fixed_epoch = fixed_epoch
+        self.epoch = 0
+        counts = corr.observations_per_point()
+        self.anchor_points = np.flatnonzero(counts >= 2)
+        if len(self.anchor_points) == 0:
+            raise InputError("no 3D point has two or more usable observations; cannot form positive pairs")
+        self._order = np.argsort(corr.obs_point, kind="stable")
+        self._bounds = np.searchsorted(corr.obs_point[self._order], np.arange(len(corr.points_xyz) + 1))
+
+    def __len__(self) -> int:
+        return self.config.batches_per_epoch
+
+    def __iter__(self):  # noqa: ANN204
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        epoch = self.fixed_epoch if self.fixed_epoch is not None else self.epoch
+        if self.fixed_epoch is None:
+            self.epoch += 1
+        rng = np.random.default_rng([self.config.seed, epoch, rank])
+        for _ in range(self.config.batches_per_epoch):
+            yield self.sample(rng)
+
+    def sample_points(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) point indices and (P,) bool confuser flags."""
+        cfg = self.config
+        n_points = min(cfg.points_per_batch, len(self.anchor_points))
+        n_conf = int(round(cfg.confuser_fraction * n_points))
+        anchors = list(rng.choice(self.anchor_points, n_points - n_conf, replace=False))
+        chosen = set(anchors)
+        confusers: list[int] = []
+        for a in anchors:
+            if len(confusers) >= n_conf:
+                break
+            candidates = [int(c) for c in self.confusers[a] if c >= 0 and int(c) not in chosen]
+            if candidates:
+                c = candidates[int(rng.integers(len(candidates)))]
+                confusers.append(c)
+                chosen.add(c)
+        # Not enough look-alikes (a scene without repetition): fill up with random points.
+        rest = np.setdiff1d(self.anchor_points, np.fromiter(chosen, np.int64, len(chosen)))
+        fill = list(rng.choice(rest, min(n_points - len(chosen), len(rest)), replace=False))
+        points = np.array(anchors + fill + confusers, np.int64)
+        is_conf = np.r_[np.zeros(len(anchors) + len(fill), bool), np.ones(len(confusers), bool)]
+        return points, is_conf
+
+    def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        points, is_conf = self.sample_points(rng)
+        rows, flags = [], []
+        for p, c in zip(points, is_conf):
+            obs = self._order[self._bounds[p] : self._bounds[p + 1]]
+            take = rng.choice(obs, min(self.config.obs_per_point, len(obs)), replace=False)
+            rows.append(take)
+            flags.append(np.full(len(take), c))
+        rows_all = np.concatenate(rows)
+        images, global_index = np.unique(self.corr.obs_image[rows_all], return_inverse=True)
+        return {
+            "local": torch.from_numpy(self.corr.local[rows_all]),
+            "global": torch.from_numpy(self.corr.global_desc[images]),
+            "global_index": torch.from_numpy(global_index.astype(np.int64)),
+            "labels": torch.from_numpy(self.corr.obs_point[rows_all]),
+            "is_confuser": torch.from_numpy(np.concatenate(flags)),
+        }

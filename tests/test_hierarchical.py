@@ -1,0 +1,156 @@
+"""The hierarchical baseline on the toy scene, its matcher against brute force, its runner flow; and the
+fused pipeline's fast paths against their plain equivalents (same poses for the same seed)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fuseloc.data.features import FeatureCache
+from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
+from fuseloc.eval.metrics import pose_errors
+from fuseloc.eval.runner import PreparedFeatures, run_hierarchical
+from fuseloc.localize.fused_map import build_fused_map
+from fuseloc.localize.hierarchical import (
+    HierarchicalConfig,
+    HierarchicalLocalizer,
+    build_hierarchical_map,
+    mutual_nearest_neighbours,
+)
+from fuseloc.localize.index import IndexConfig, SearchResult
+from fuseloc.localize.pipeline import Localizer, LocalizerConfig, localize_queries
+from fuseloc.models.fusion import FixedFusion
+
+from toy_scene import make_toy_scene
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return make_toy_scene(tmp_path)
+
+
+def test_hierarchical_recovers_known_poses(toy):
+    cache = FeatureCache(toy.local_path, toy.global_path)
+    hmap = build_hierarchical_map(toy.scene, cache, feature_tag="toy", progress=False)
+    localizer = HierarchicalLocalizer(hmap, HierarchicalConfig(top_k=3, min_inliers=10))
+    results = localize_queries(localizer, toy.queries, cache, progress=False)
+    for name, truth in zip(toy.queries.names, toy.queries.gt_poses):
+        r = results[name]
+        assert r.success and r.num_inliers >= 10, (name, r.reason)
+        dt, dr = pose_errors(r.pose, truth)
+        assert dt < 0.01 and dr < 0.1, (name, dt, dr)
+        assert {"retrieval", "matching", "pnp"} <= set(r.timings)
+
+
+def test_retrieval_picks_the_right_side(toy):
+    cache = FeatureCache(toy.local_path, toy.global_path)
+    localizer = HierarchicalLocalizer(build_hierarchical_map(toy.scene, cache, progress=False), HierarchicalConfig(top_k=3))
+    for name, condition in zip(toy.queries.names, toy.queries.conditions):
+        retrieved = localizer.retrieve(cache.global_descriptor(name))
+        sides = {"left" if toy.scene.centers[j, 0] < 0 else "right" for j in retrieved}
+        assert sides == {condition}
+
+
+def test_lifting_by_radius_equals_lifting_by_keypoint_index(toy):
+    cache = FeatureCache(toy.local_path, toy.global_path)
+    by_index = build_hierarchical_map(toy.scene, cache, association="index", progress=False)
+    by_radius = build_hierarchical_map(toy.scene, cache, association="radius", radius=0.5, progress=False)
+    np.testing.assert_array_equal(by_index.keypoint_point, by_radius.keypoint_point)
+    # every toy keypoint is an observation: each one is lifted, to the point it observes
+    assert (by_index.keypoint_point >= 0).all()
+    first = slice(by_index.offsets[0], by_index.offsets[1])
+    obs = toy.scene.obs_image == 0
+    np.testing.assert_array_equal(by_index.keypoint_point[first][toy.scene.obs_keypoint[obs]], toy.scene.obs_point[obs])
+    arrays = [by_index.keypoints, by_index.descriptors, by_index.offsets, by_index.keypoint_point, by_index.xyz,
+              by_index.db_global, by_index.db_R, by_index.db_t]
+    assert by_index.nbytes() == sum(a.nbytes for a in arrays)
+    assert by_index.descriptors.dtype == np.float16
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.8])
+def test_mutual_nearest_neighbours_equals_brute_force(ratio):
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((150, 16)).astype(np.float32)
+    d = np.vstack([q[:100] + 0.1 * rng.standard_normal((100, 16)).astype(np.float32),
+                   rng.standard_normal((120, 16)).astype(np.float32)])
+    dist = ((q[:, None].astype(np.float64) - d[None]) ** 2).sum(-1)
+    nn, back = dist.argmin(1), dist.argmin(0)
+    second = np.sort(dist, 1)[:, 1]
+    keep = (back[nn] == np.arange(len(q))) & ((dist[np.arange(len(q)), nn] <= ratio**2 * second) | (ratio >= 1))
+    expected = np.flatnonzero(keep)
+    m = mutual_nearest_neighbours(torch.from_numpy(q), torch.from_numpy(d), ratio)
+    np.testing.assert_array_equal(m.query_rows, expected)
+    np.testing.assert_array_equal(m.db_rows, nn[expected])
+    np.testing.assert_allclose(m.distances, dist[expected, nn[expected]], rtol=1e-4, atol=1e-4)
+    assert len(expected) > 50
+
+
+def test_run_hierarchical_writes_outputs_and_resumes(toy, tmp_path):
+    cache = FeatureCache(toy.local_path, toy.global_path)
+    features = PreparedFeatures(cache, "toy", "toy-global")
+    data = LocalizationData(toy.scene, toy.queries, BenchmarkSpec("toy"), tmp_path)
+    config = HierarchicalConfig(top_k=3, min_inliers=10)
+    first = run_hierarchical("hier", toy.scene, data, features, config, tmp_path / "out", progress=False)
+    assert first.summary["all"]["recall_0.25m_2deg"] == 100.0
+    method_dir = tmp_path / "out" / "hier"
+    lines = (method_dir / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == len(toy.queries)
+    assert len((method_dir / "submission.txt").read_text().splitlines()) == len(toy.queries)
+    summary = json.loads((method_dir / "summary.json").read_text())
+    assert summary["map_bytes"] == first.map_bytes > 0
+    # a kill after the first query: the rerun localizes only the rest
+    (method_dir / "predictions.jsonl").write_text(lines[0] + "\n")
+    second = run_hierarchical("hier", toy.scene, data, features, config, tmp_path / "out", progress=False)
+    assert len((method_dir / "predictions.jsonl").read_text().splitlines()) == len(toy.queries)
+    for name in toy.queries.names:
+        np.testing.assert_allclose(second.results[name].pose.t, first.results[name].pose.t, atol=1e-9)
+
+
+def _fused_localizer(toy, config):
+    cache = FeatureCache(toy.local_path, toy.global_path)
+    fusion = FixedFusion(32, 16, lam=0.5)
+    fusion.fit(cache.global_descriptors(toy.scene.image_names))
+    fused = build_fused_map(toy.scene, cache, fusion, feature_tag="toy", progress=False)
+    return Localizer(fused, config), cache
+
+
+class _BruteForceIndex:
+    """The plain reference the faiss path must reproduce: float64 distances, stable argsort."""
+
+    def __init__(self, descriptors):
+        self.points = descriptors.astype(np.float64)
+
+    def search(self, queries, k=1):
+        d = ((queries[:, None].astype(np.float64) - self.points[None]) ** 2).sum(-1)
+        idx = np.argsort(d, 1, kind="stable")[:, :k]
+        return SearchResult(np.take_along_axis(d, idx, 1).astype(np.float32), idx.astype(np.int64))
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_fast_paths_give_the_same_poses_as_the_plain_ones(toy, unique):
+    config = LocalizerConfig(min_inliers=10, unique_points=unique)
+    fast, cache = _fused_localizer(toy, config)
+    plain, _ = _fused_localizer(toy, config)
+    plain.index = _BruteForceIndex(plain.map.descriptors)
+    exhaustive_ivf, _ = _fused_localizer(toy, LocalizerConfig(min_inliers=10, unique_points=unique,
+                                                              index=IndexConfig(kind="ivf", nlist=4, nprobe=4)))
+    runs = [localize_queries(loc, toy.queries, cache, progress=False) for loc in (fast, fast, plain, exhaustive_ivf)]
+    for name in toy.queries.names:
+        for other in runs[1:]:
+            np.testing.assert_array_equal(other[name].pose.R, runs[0][name].pose.R)
+            np.testing.assert_array_equal(other[name].pose.t, runs[0][name].pose.t)
+            assert other[name].num_matches == runs[0][name].num_matches
+
+
+def test_unique_points_keep_one_match_per_point_and_the_pose(toy):
+    every, cache = _fused_localizer(toy, LocalizerConfig(min_inliers=10, unique_points=False))
+    unique, _ = _fused_localizer(toy, LocalizerConfig(min_inliers=10, unique_points=True))
+    for name, truth in zip(toy.queries.names, toy.queries.gt_poses):
+        local = cache.local(name)
+        m = unique.match(local.descriptors, local.keypoints, cache.global_descriptor(name), {})
+        assert len(np.unique(m.point_index)) == len(m.point_index)
+        r_every = every.localize(toy.queries.cameras[0], local.keypoints, local.descriptors, cache.global_descriptor(name))
+        r_unique = unique.localize(toy.queries.cameras[0], local.keypoints, local.descriptors, cache.global_descriptor(name))
+        assert r_unique.num_matches <= r_every.num_matches
+        assert pose_errors(r_unique.pose, truth)[0] < 0.01

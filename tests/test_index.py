@@ -1,0 +1,147 @@
+"""faiss index kinds against brute-force numpy 1-NN on small known data; match filtering against naive loops."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from fuseloc.localize.index import IndexConfig, MapIndex, SearchResult, gpu_available
+from fuseloc.localize.pipeline import filter_matches
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread():
+    """Tiny indexes gain nothing from threads, and on a busy CI box spinning OpenMP threads make k-means crawl."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _data(num_points=2000, dim=32, num_queries=200, noise=0.02, seed=0):
+    rng = np.random.default_rng(seed)
+    points = rng.standard_normal((num_points, dim)).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    truth = rng.integers(0, num_points, num_queries)
+    queries = points[truth] + noise * rng.standard_normal((num_queries, dim)).astype(np.float32)
+    return points, queries
+
+
+def _brute_force(points, queries, k=1):
+    d = ((queries[:, None, :].astype(np.float64) - points[None].astype(np.float64)) ** 2).sum(-1)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, idx, 1), idx
+
+
+def test_flat_is_exact_on_arbitrary_queries():
+    points, _ = _data()
+    queries = np.random.default_rng(1).standard_normal((200, 32)).astype(np.float32)  # no true match: hard case
+    dist, idx = _brute_force(points, queries, k=2)
+    result = MapIndex(points, IndexConfig(kind="flat")).search(queries, k=2)
+    np.testing.assert_array_equal(result.indices, idx)
+    np.testing.assert_allclose(result.distances, dist, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", [
+    IndexConfig(kind="ivf", nlist=32, nprobe=32),  # every list visited: exact
+    IndexConfig(kind="ivf", nlist=32, nprobe=4),
+    IndexConfig(kind="hnsw", ef_search=128),
+    IndexConfig(kind="ivfpq", nlist=16, nprobe=16, pq_m=8, pq_bits=6),
+], ids=["ivf-all-lists", "ivf", "hnsw", "ivfpq"])
+def test_approximate_kinds_find_the_true_neighbour(config):
+    points, queries = _data()
+    _, idx = _brute_force(points, queries)
+    index = MapIndex(points, config)
+    assert index.kind == config.kind
+    result = index.search(queries)
+    assert result.indices.shape == (len(queries), 1) and result.indices.dtype == np.int64
+    agreement = (result.indices[:, 0] == idx[:, 0]).mean()
+    assert agreement >= (1.0 if config.nprobe == config.nlist and config.kind == "ivf" else 0.97), agreement
+
+
+def test_auto_is_flat_for_small_maps_and_ivf_above_the_threshold():
+    points, queries = _data(num_points=2000)
+    assert MapIndex(points, IndexConfig(kind="auto")).kind == "flat"
+    big = MapIndex(points, IndexConfig(kind="auto", flat_max_points=1000, nprobe=1000))
+    # 4·sqrt(2000) ~ 179 -> 256 lists, capped at 2000 // 39 = 51 so every list gets enough training points.
+    assert big.kind == "ivf" and big.nlist == 51
+    _, idx = _brute_force(points, queries)
+    np.testing.assert_array_equal(big.search(queries).indices[:, 0], idx[:, 0])
+
+
+def test_nlist_never_exceeds_what_the_training_set_supports():
+    assert IndexConfig(kind="ivf").resolved_nlist(100) == 2
+    assert IndexConfig(kind="ivf", nlist=7).resolved_nlist(10) == 7
+
+
+def test_float16_map_searches_like_its_float32_widening():
+    points, queries = _data()
+    half = points.astype(np.float16)
+    from_half = MapIndex(half, IndexConfig(kind="flat")).search(queries)
+    from_widened = MapIndex(half.astype(np.float32), IndexConfig(kind="flat")).search(queries)
+    np.testing.assert_array_equal(from_half.indices, from_widened.indices)
+    np.testing.assert_array_equal(from_half.distances, from_widened.distances)
+
+
+def test_empty_queries_and_memory_estimate():
+    points, _ = _data(num_points=500)
+    index = MapIndex(points, IndexConfig(kind="flat"))
+    empty = index.search(np.zeros((0, 32), np.float32), k=3)
+    assert empty.indices.shape == (0, 3) and empty.distances.shape == (0, 3)
+    assert index.nbytes() == 500 * 32 * 4
+
+
+def test_unknown_kind_is_rejected():
+    with pytest.raises(ValueError, match="unknown index kind"):
+        MapIndex(np.zeros((10, 4), np.float32), IndexConfig(kind="lsh"))  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the CPU fallback; this machine has a GPU")
+def test_gpu_request_without_gpu_falls_back_to_cpu(caplog):
+    points, queries = _data(num_points=500)
+    with caplog.at_level(logging.WARNING, logger="fuseloc.localize.index"):
+        index = MapIndex(points, IndexConfig(kind="flat", use_gpu=True))
+    assert not index.on_gpu and "GPU" in caplog.text
+    _, idx = _brute_force(points, queries)
+    np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="needs faiss-gpu and a CUDA device")
+def test_gpu_flat_and_ivf_match_brute_force():
+    points, queries = _data()
+    _, idx = _brute_force(points, queries)
+    for config in (IndexConfig(kind="flat", use_gpu=True), IndexConfig(kind="ivf", nlist=32, nprobe=32, use_gpu=True)):
+        index = MapIndex(points, config)
+        assert index.on_gpu
+        np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
+
+
+def _naive_filter(indices, distances, ratio, unique):
+    kept = []
+    for q in range(len(indices)):
+        if indices[q, 0] < 0:
+            continue
+        if ratio < 1 and indices.shape[1] > 1 and indices[q, 1] >= 0 and distances[q, 0] > ratio**2 * distances[q, 1]:
+            continue
+        kept.append(q)
+    if unique:
+        best = {}
+        for q in kept:
+            p = indices[q, 0]
+            if p not in best or distances[q, 0] < distances[best[p], 0]:
+                best[p] = q
+        kept = sorted(best.values())
+    return np.array(kept, np.int64)
+
+
+@pytest.mark.parametrize("ratio,unique", [(1.0, False), (1.0, True), (0.8, False), (0.8, True)])
+def test_filter_matches_equals_naive_loop(ratio, unique):
+    rng = np.random.default_rng(3)
+    indices = rng.integers(-1, 40, (500, 2))
+    distances = np.sort(rng.uniform(0, 2, (500, 2)).astype(np.float32), axis=1)
+    distances[::7, 0] = distances[::7, 1]  # exact ties with the second neighbour
+    kept = filter_matches(SearchResult(distances, indices), ratio, unique)
+    np.testing.assert_array_equal(kept, _naive_filter(indices, distances, ratio, unique))

@@ -1,0 +1,138 @@
+"""Training on a toy scene: fast_dev_run, checkpoint -> evaluate.py, and the CLI (single process and CPU DDP)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from tiny_scene import ToyExtractor, ToyReader
+
+from fuseloc.callbacks.fusion_histograms import FusionHistograms
+from fuseloc.callbacks.localization_val import LocalizationValidation
+from fuseloc.data.correspondences import BatchConfig
+from fuseloc.data.datamodule import FuseLocDataModule
+from fuseloc.data.features import Vlad
+from fuseloc.errors import InputError
+from fuseloc.models.fusion import LearnedFusion
+from fuseloc.models.module import FuseLocModule, load_fusion_from_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_datamodule(out: Path, **kwargs) -> FuseLocDataModule:
+    return FuseLocDataModule(dataset=ToyReader(out / "toy" / "cache"), local_features=ToyExtractor(),
+                             global_features=Vlad(num_clusters=4), output_dir=out, holdout_every=3,
+                             confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=4), **kwargs)
+
+
+def test_fast_dev_run_logs_loss_and_localization_metrics(tmp_path):
+    dm = toy_datamodule(tmp_path)
+    model = FuseLocModule(LearnedFusion(dm.local_dim, dm.global_dim))
+    trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, callbacks=[LocalizationValidation(), FusionHistograms()],
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/loss"])
+    assert "train/miner_discarded_share" in metrics
+    # Held-out database images of the toy scene localize exactly.
+    assert float(metrics["val/toy/all/recall_0.25m_2deg"]) == 100.0
+    assert float(metrics["val/toy/correct_match_pct"]) > 50.0
+    assert dm.validation_set.source == "holdout" and len(dm.validation_set.queries) == 2
+    # Held-out images are out of the training map.
+    assert not set(dm.validation_set.queries.names) & set(dm.validation_set.scene.image_names)
+    assert model.fusion.is_fitted
+
+
+def test_checkpoint_evaluates_next_to_fixed_fusions(tmp_path):
+    dm = toy_datamodule(tmp_path)
+    model = FuseLocModule(LearnedFusion(dm.local_dim, dm.global_dim))
+    checkpoint = pl.callbacks.ModelCheckpoint(monitor="val/score", mode="max")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, callbacks=[LocalizationValidation(), checkpoint],
+                         default_root_dir=tmp_path, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, dm)
+    fusion = load_fusion_from_checkpoint(checkpoint.best_model_path)
+    assert isinstance(fusion, LearnedFusion) and not fusion.training
+    best = torch.load(checkpoint.best_model_path, weights_only=True)["state_dict"]
+    for name, value in fusion.state_dict().items():
+        torch.testing.assert_close(value, best[f"fusion.{name}"])
+    validation = json.loads((Path(trainer.log_dir) / "validation" / "epoch_001.json").read_text())
+    assert validation["metrics"]["val/toy/all/recall_0.25m_2deg"] == 100.0 and len(validation["queries"]) == 2
+
+    spec = importlib.util.spec_from_file_location("fuseloc_evaluate_script", REPO / "evaluate.py")
+    evaluate_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_script)
+    outcomes = evaluate_script.evaluate(data=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
+                                        global_features=Vlad(num_clusters=4), lambdas=[1.0],
+                                        checkpoint=Path(checkpoint.best_model_path), output_dir=tmp_path, progress=False)
+    labels = [o.label for o in outcomes]
+    assert labels == ["local-only", "learned"]
+    learned = outcomes[-1]
+    assert learned.summary["all"]["num_queries"] == 3
+    assert learned.summary["all"]["recall_0.25m_2deg"] == 100.0
+
+
+def test_bad_checkpoint_is_a_one_line_input_error(tmp_path):
+    with pytest.raises(InputError, match="checkpoint not found"):
+        load_fusion_from_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(InputError, match="cannot read checkpoint"):
+        load_fusion_from_checkpoint(tmp_path / "junk.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(InputError, match="not a fuseloc training checkpoint"):
+        load_fusion_from_checkpoint(tmp_path / "other.ckpt")
+
+
+def _cli_config(tmp_path: Path, out: Path) -> Path:
+    config = f"""
+trainer:
+  max_epochs: 1
+  logger:
+    class_path: lightning.pytorch.loggers.TensorBoardLogger
+    init_args: {{save_dir: {out / 'logs'}, name: run, version: 0}}
+model:
+  lr: 0.0
+data:
+  dataset:
+    class_path: tiny_scene.ToyReader
+    init_args: {{root: {out / 'toy' / 'cache'}}}
+  local_features: {{class_path: tiny_scene.ToyExtractor}}
+  global_features: {{class_path: fuseloc.data.features.Vlad, init_args: {{num_clusters: 4}}}}
+  output_dir: {out}
+  holdout_every: 2
+  confuser_min_distance: 2.0
+  batches: {{points_per_batch: 16, batches_per_epoch: 2}}
+"""
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(config)
+    return path
+
+
+def _run_cli(tmp_path: Path, name: str, *extra: str) -> dict:
+    out = tmp_path / name
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "fit", "--config", str(_cli_config(tmp_path, out)), *extra],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log_dir = out / "logs" / "run" / "version_0"
+    assert list(log_dir.glob("events.out.tfevents.*")) and list((log_dir / "checkpoints").glob("*.ckpt"))
+    return json.loads((log_dir / "validation" / "epoch_000.json").read_text())
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_give_the_single_process_validation(tmp_path):
+    """lr = 0 keeps the weights at their deterministic PCA start, so any difference would come from sharding."""
+    single = _run_cli(tmp_path, "single")
+    ddp = _run_cli(tmp_path, "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    assert len(single["queries"]) == 3 and [q["name"] for q in ddp["queries"]] == [q["name"] for q in single["queries"]]
+    for a, b in zip(single["queries"], ddp["queries"]):
+        assert a == {**b, "timings": a["timings"]}
+    metrics = {k: v for k, v in single["metrics"].items()}
+    assert set(metrics) == set(ddp["metrics"]) and f"val/toy/all/recall_0.25m_2deg" in metrics
+    for key, value in metrics.items():
+        assert ddp["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
