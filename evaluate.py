@@ -64,7 +64,7 @@ def evaluate(
         query_global: ``light`` (the query's own global descriptor) or ``heavy`` (its nearest database image's).
         min_inliers: PnP inliers below which a query is marked failed and gets the nearest database pose.
         ransac_max_error: RANSAC inlier threshold in pixels.
-        index: nearest-neighbour index over the fused map (default: exact below 200k points, IVF above).
+        index: nearest-neighbour index over the fused map (default: exact up to 10k points, IVF above).
         hierarchical: also run the hierarchical baseline (retrieval, 2D-2D mutual matching, PnP) on the same
             features and solver.
         top_k: database images the hierarchical baseline retrieves per query.
@@ -150,8 +150,8 @@ def _evaluate_parts(parts: list, call_args: dict) -> list:
     return merged
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; bad configuration or data ends in one ``error:`` line and exit code 2, never a traceback."""
+def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)
+    """The CLI parser (also used by tests/test_configs.py to check every configs/eval YAML)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     # No abbreviated options: a typo such as --min_inlier must be an error, not silently another option.
@@ -159,6 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file(s) with any of the options below")
     parser.add_function_arguments(evaluate)
     parser.add_argument("--log_level", default="INFO", help="logging level")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad configuration or data ends in one ``error:`` line and exit code 2, never a traceback."""
+    parser = build_parser()
     try:
         cfg = parser.parse_args(argv)
     except Exception as exc:  # noqa: BLE001 (jsonargparse's ArgumentError; its class moved between versions)

@@ -25,14 +25,14 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fuseloc.io import write_json_atomic
-from fuseloc.localize.index import IndexConfig, MapIndex
-
+from fuseloc.localize.index import IndexConfig, MapIndex, SearchResult
 
 #: Spread of points around their centre (noise norm, for unit-norm centres ~1.4 apart): clusters overlap, as
 #: descriptors of neighbouring visual words do; with much tighter clusters every index looks exact.
@@ -72,34 +72,40 @@ def make_data(kind: str, num_points: int, dim: int, num_queries: int, seed: int)
     return points, queries, has_match
 
 
-def time_search(search, queries: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:  # noqa: ANN001
+def time_search(search: Callable[[np.ndarray], SearchResult], queries: np.ndarray, repeats: int) -> tuple[float, np.ndarray]:
+    """Median seconds of ``search(queries)`` (1-NN) over ``repeats`` calls, and its 1-NN rows."""
     times, nn = [], None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        _, idx = search(queries)
+        nn = search(queries).indices[:, 0]
         times.append(time.perf_counter() - t0)
-        nn = idx[:, 0]
     return float(np.median(times)), nn
 
 
-def bench_one(points: np.ndarray, queries: np.ndarray, has_match: np.ndarray, config: IndexConfig, repeats: int,
-              exact: np.ndarray | None) -> dict:
+def bench_kind(points: np.ndarray, queries: np.ndarray, has_match: np.ndarray, config: IndexConfig,
+               search_settings: list[dict], repeats: int, exact: np.ndarray | None) -> tuple[list[dict], np.ndarray]:
+    """Build one index, then time each search setting (``nprobe`` / ``ef_search``) on it."""
     gc.collect()
     rss0 = rss_bytes()
     t0 = time.perf_counter()
     index = MapIndex(points, config)
     build = time.perf_counter() - t0
     added = rss_bytes() - rss0
-    seconds, nn = time_search(lambda q: (lambda r: (r.distances, r.indices))(index.search(q, 1)), queries, repeats)
-    row = {"kind": index.kind, "nlist": index.nlist, "nprobe": config.nprobe if index.nlist else None,
-           "ef_search": config.ef_search if index.kind == "hnsw" else None, "gpu": index.on_gpu,
-           "build_s": build, "search_ms": 1e3 * seconds, "rss_added_mb": added / 1e6, "nbytes_mb": index.nbytes() / 1e6}
-    if exact is not None:
-        row["agree"] = float((nn == exact).mean())
-        row["agree_true_match"] = float((nn[has_match] == exact[has_match]).mean())
+    rows = []
+    for setting in search_settings or [{}]:
+        index.set_search(**setting)
+        seconds, nn = time_search(index.search, queries, repeats)
+        row = {"kind": index.kind, "nlist": index.nlist, "nprobe": index.config.nprobe if index.nlist else None,
+               "ef_search": index.config.ef_search if index.kind == "hnsw" else None, "gpu": index.on_gpu,
+               "build_s": build, "search_ms": 1e3 * seconds, "rss_added_mb": added / 1e6,
+               "nbytes_mb": index.nbytes() / 1e6}
+        if exact is not None:
+            row["agree"] = float((nn == exact).mean())
+            row["agree_true_match"] = float((nn[has_match] == exact[has_match]).mean())
+        rows.append(row)
     del index
     gc.collect()
-    return row, nn
+    return rows, nn
 
 
 def fp16_check(num_points: int, dim: int, num_queries: int, repeats: int, seed: int) -> list[dict]:
@@ -109,18 +115,18 @@ def fp16_check(num_points: int, dim: int, num_queries: int, repeats: int, seed: 
     half = points.astype(np.float16)
     rows = []
     flat32 = MapIndex(points, IndexConfig(kind="flat"))
-    s32, nn32 = time_search(lambda q: (lambda r: (r.distances, r.indices))(flat32.search(q)), queries, repeats)
+    s32, nn32 = time_search(flat32.search, queries, repeats)
     rows.append({"storage": "float32 flat", "search_ms": 1e3 * s32, "agree": 1.0, "bytes_mb": 4 * points.size / 1e6})
     del flat32
     flat16 = MapIndex(half, IndexConfig(kind="flat"))
-    s16, nn16 = time_search(lambda q: (lambda r: (r.distances, r.indices))(flat16.search(q)), queries, repeats)
+    s16, nn16 = time_search(flat16.search, queries, repeats)
     rows.append({"storage": "float16 map -> MapIndex (widened float32 flat)", "search_ms": 1e3 * s16,
                  "agree": float((nn16 == nn32).mean()), "bytes_mb": 4 * points.size / 1e6})
     del flat16
     sq = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)
     sq.train(half[:1000].astype(np.float32))
     sq.add(half.astype(np.float32))
-    ssq, nnsq = time_search(lambda q: sq.search(q, 1), queries, repeats)
+    ssq, nnsq = time_search(lambda q: SearchResult(*sq.search(q, 1)), queries, repeats)
     rows.append({"storage": "faiss float16 scalar quantizer", "search_ms": 1e3 * ssq,
                  "agree": float((nnsq == nn32).mean()), "bytes_mb": 2 * points.size / 1e6})
     return rows
@@ -155,18 +161,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n== {data_kind} map: {num_points} points x {dim}-D ({points.nbytes / 1e9:.2f} GB float32), "
                       f"{args.queries} query keypoints (generated in {time.perf_counter() - t0:.0f} s)")
                 base = IndexConfig(use_gpu=args.gpu)
-                exact_row, exact = bench_one(points, queries, has_match, replace(base, kind="flat"), args.repeats, None)
-                exact_row.update(agree=1.0, agree_true_match=1.0)
-                configs = []
+                exact_rows, exact = bench_kind(points, queries, has_match, replace(base, kind="flat"), [], args.repeats, None)
+                exact_row = {**exact_rows[0], "agree": 1.0, "agree_true_match": 1.0}
+                rows = [exact_row]
                 for kind in args.kinds:
-                    if kind in ("ivf", "ivfpq"):
-                        configs += [replace(base, kind=kind, nprobe=p) for p in args.nprobe]
-                    elif kind == "hnsw":
-                        configs += [replace(base, kind=kind, ef_search=e) for e in args.ef_search]
-                rows = [exact_row] if "flat" in args.kinds else []
-                for config in configs:
-                    row, _ = bench_one(points, queries, has_match, config, args.repeats, exact)
-                    rows.append(row)
+                    if kind == "flat":
+                        continue
+                    settings = ([{"nprobe": p} for p in args.nprobe] if kind in ("ivf", "ivfpq")
+                                else [{"ef_search": e} for e in args.ef_search])
+                    rows += bench_kind(points, queries, has_match, replace(base, kind=kind), settings, args.repeats, exact)[0]
                 print(f"{'index':28s} {'build s':>8s} {'search ms':>10s} {'x flat':>7s} {'agree':>6s} {'agree(tm)':>9s} "
                       f"{'RSS+ MB':>8s} {'est MB':>8s}")
                 for row in rows:

@@ -189,8 +189,8 @@ def benchmark(
     lambdas: list[float] = [1.0, 0.5],  # noqa: B006 (jsonargparse reads defaults from the signature)
     reduction: str = "pca",
     checkpoint: Path | None = None,
-    localizer: LocalizerConfig = LocalizerConfig(),
-    hierarchical: HierarchicalConfig = HierarchicalConfig(),
+    localizer: LocalizerConfig | None = None,
+    hierarchical: HierarchicalConfig | None = None,
     triangulation: TriangulationConfig | None = None,
     repeats: int = 3,
     output_dir: Path = Path("outputs"),
@@ -216,6 +216,8 @@ def benchmark(
     from fuseloc.io import config_hash
     from fuseloc.models.fusion import FixedFusion
 
+    localizer = localizer or LocalizerConfig()
+    hierarchical = hierarchical or HierarchicalConfig()
     loaded = (data if data is not None else EmbeddedTown()).load()
     cache_dir = Path(output_dir) / loaded.spec.name / "cache"
     features = prepare_features(loaded, local_features or Sift(), global_features or Vlad(), cache_dir, progress=False)

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from toy_scene import make_toy_scene
 
 from fuseloc.data.features import FeatureCache
 from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
@@ -21,8 +22,6 @@ from fuseloc.localize.hierarchical import (
 from fuseloc.localize.index import IndexConfig, SearchResult
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, localize_queries
 from fuseloc.models.fusion import FixedFusion
-
-from toy_scene import make_toy_scene
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning import losses, miners
+from toy_scene import make_toy_scene
 
 from fuseloc.data.correspondences import (
     BATCH_KEYS,
@@ -16,8 +17,7 @@ from fuseloc.data.correspondences import (
     mine_confusers,
 )
 from fuseloc.data.features import FeatureCache
-from fuseloc.models.losses import MetricLoss, candidate_counts, count_mined
-from toy_scene import make_toy_scene
+from fuseloc.models.losses import MetricLoss, candidate_counts
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 from tiny_scene import ToyExtractor, ToyReader
@@ -130,9 +129,9 @@ def test_ddp_two_processes_give_the_single_process_validation(tmp_path):
     single = _run_cli(tmp_path, "single")
     ddp = _run_cli(tmp_path, "ddp", "--trainer.devices", "2", "--trainer.strategy", "ddp")
     assert len(single["queries"]) == 3 and [q["name"] for q in ddp["queries"]] == [q["name"] for q in single["queries"]]
-    for a, b in zip(single["queries"], ddp["queries"]):
+    for a, b in zip(single["queries"], ddp["queries"], strict=True):
         assert a == {**b, "timings": a["timings"]}
     metrics = {k: v for k, v in single["metrics"].items()}
-    assert set(metrics) == set(ddp["metrics"]) and f"val/toy/all/recall_0.25m_2deg" in metrics
+    assert set(metrics) == set(ddp["metrics"]) and "val/toy/all/recall_0.25m_2deg" in metrics
     for key, value in metrics.items():
         assert ddp["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

@@ -106,7 +106,7 @@ class LocalizationValidation(pl.Callback):
         mine = vs.queries.subset(list(range(rank, len(vs.queries), world)))
         results = localize_queries(localizer, mine, cache, progress=False)
         stats = {}
-        for name, camera, gt in zip(mine.names, mine.cameras, mine.gt_poses):
+        for name, camera, gt in zip(mine.names, mine.cameras, mine.gt_poses, strict=True):
             local = cache.local(name)
             matches = localizer.match(local.descriptors, local.keypoints, cache.global_descriptor(name), {})
             ok = correct_matches(matches.p2d, fused_map.xyz[matches.point_index], camera, gt, self.correct_match_px)
@@ -124,8 +124,10 @@ class LocalizationValidation(pl.Callback):
             # Identical in every process already; sync_dist only silences Lightning's DDP warning.
             pl_module.log(key, value, sync_dist=world > 1)
         self.last_metrics = metrics
+        # trainer.log_dir is a collective under DDP (a broadcast): every process must ask for it.
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
-            self._write(trainer, metrics, results, stats)
+            self._write(trainer, log_dir, metrics, results, stats)
             self._figures(trainer, vs, results, localizer, fused_map)
 
     def _metrics(self, results: dict[str, PoseResult], stats: dict[str, MatchStats], vs) -> dict[str, float]:  # noqa: ANN001
@@ -143,8 +145,7 @@ class LocalizationValidation(pl.Callback):
         metrics["val/score"] = float(np.mean(recalls)) + 1e-3 * metrics[f"val/{bench}/correct_match_pct"]
         return metrics
 
-    def _write(self, trainer: pl.Trainer, metrics: dict, results: dict, stats: dict) -> None:
-        root = Path(trainer.log_dir or trainer.default_root_dir)
+    def _write(self, trainer: pl.Trainer, root: Path, metrics: dict, results: dict, stats: dict) -> None:
         records = [{**result_to_record(n, r), "correct_matches": stats[n].num_correct} for n, r in sorted(results.items())]
         write_json_atomic(root / "validation" / f"epoch_{trainer.current_epoch:03d}.json",
                           {"epoch": trainer.current_epoch, "global_step": trainer.global_step, "metrics": metrics,
@@ -167,7 +168,7 @@ class LocalizationValidation(pl.Callback):
         conditions = sorted(set(vs.queries.conditions))
         for condition in conditions:
             errs = np.array([pose_errors(results[n].pose if n in results else None, gt)
-                             for n, gt, c in zip(vs.queries.names, vs.queries.gt_poses, vs.queries.conditions) if c == condition])
+                             for n, gt, c in zip(vs.queries.names, vs.queries.gt_poses, vs.queries.conditions, strict=True) if c == condition])
             if len(errs):
                 ax.plot(thresholds, recall_curve(errs[:, 0], errs[:, 1], thresholds), label=condition)
         ax.set_xscale("log")

@@ -233,7 +233,7 @@ class CorrespondenceBatches(torch.utils.data.IterableDataset):
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         points, is_conf = self.sample_points(rng)
         rows, flags = [], []
-        for p, c in zip(points, is_conf):
+        for p, c in zip(points, is_conf, strict=True):
             obs = self._order[self._bounds[p] : self._bounds[p + 1]]
             take = rng.choice(obs, min(self.config.obs_per_point, len(obs)), replace=False)
             rows.append(take)

@@ -103,9 +103,9 @@ class FuseLocDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: DatasetReader = lazy_instance(EmbeddedTown),
-        local_features: LocalExtractor = lazy_instance(Sift),
-        global_features: Vlad = lazy_instance(Vlad),
+        dataset: DatasetReader = lazy_instance(EmbeddedTown),  # noqa: B008 (jsonargparse lazy default)
+        local_features: LocalExtractor = lazy_instance(Sift),  # noqa: B008
+        global_features: Vlad = lazy_instance(Vlad),  # noqa: B008
         output_dir: Path = Path("outputs"),
         triangulation: TriangulationConfig = TriangulationConfig(),  # noqa: B008 (frozen)
         validation: Literal["auto", "holdout"] = "auto",
@@ -118,6 +118,9 @@ class FuseLocDataModule(pl.LightningDataModule):
         val_loss_batches: int = 4,
     ):
         super().__init__()
+        if val_loss_batches < 1:
+            # Lightning skips the whole validation epoch (localization included) without validation batches.
+            raise InputError(f"val_loss_batches must be >= 1, got {val_loss_batches}")
         self.dataset = dataset
         self.local_features = local_features
         self.global_features = global_features
@@ -218,3 +221,5 @@ class FuseLocDataModule(pl.LightningDataModule):
     def teardown(self, stage: str | None = None) -> None:
         if self.validation_set is not None:
             self.validation_set.features.cache.close()
+        # A later fit/validate on this object sets up again (the caches are closed now).
+        self.correspondences = self.validation_set = None

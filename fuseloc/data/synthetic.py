@@ -107,8 +107,10 @@ class TownConfig:
     exposure_jitter: float = 0.15  # relative gain range (+-) for database and day images
     night_brightness: tuple[float, float] = (0.45, 0.7)  # gain after the night gamma curve
     night_gamma: tuple[float, float] = (1.3, 1.7)
-    night_noise: tuple[float, float] = (2.0, 4.0)  # Gaussian noise std in 8-bit levels
-    night_blur_sigma: tuple[float, float] = (0.6, 1.2)  # px
+    night_noise: tuple[float, float] = (3.0, 6.0)  # Gaussian noise std in 8-bit levels
+    night_blur_sigma: tuple[float, float] = (0.8, 1.4)  # px
+    night_shake_px: tuple[float, float] = (2.0, 6.0)  # length of the motion blur
+    night_mottle: tuple[float, float] = (0.35, 12.0)  # (log-illumination std, correlation length px)
 
     def __post_init__(self) -> None:
         if self.image_width <= 0 or self.image_height <= 0 or self.focal <= 0:
@@ -720,6 +722,24 @@ def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # Photometry
 
 
+def _motion_kernel(length: float, angle: float) -> np.ndarray:
+    """Normalised linear motion-blur kernel: a segment of ``length`` px at ``angle`` rad through the centre."""
+    half = 0.5 * length
+    size = 2 * int(math.ceil(half)) + 1
+    kernel = np.zeros((size + 1, size + 1), dtype=np.float64)  # one spare row/column for the splats
+    centre = size // 2
+    for s in np.linspace(-half, half, 8 * int(math.ceil(length)) + 1):
+        x, y = centre + s * math.cos(angle), centre + s * math.sin(angle)
+        x0, y0 = int(math.floor(x)), int(math.floor(y))
+        fx, fy = x - x0, y - y0
+        kernel[y0, x0] += (1 - fx) * (1 - fy)
+        kernel[y0, x0 + 1] += fx * (1 - fy)
+        kernel[y0 + 1, x0] += (1 - fx) * fy
+        kernel[y0 + 1, x0 + 1] += fx * fy
+    kernel = kernel[:size, :size]
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
 def _apply_photometry(rgb: np.ndarray, view: View, config: TownConfig) -> np.ndarray:
     """Exposure (database, day) or night degradation; seeded per view. Returns BGR uint8 for cv2.imwrite."""
     stream = {"db": 3, "day": 4, "night": 5}[view.condition]
@@ -732,10 +752,24 @@ def _apply_photometry(rgb: np.ndarray, view: View, config: TownConfig) -> np.nda
         cast = np.array([1.15, 0.85, 0.55] if rng.random() < 0.5 else [0.65, 0.85, 1.2], dtype=np.float32)
         h, w = image.shape[:2]
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        # Uneven street lighting: dim ambient light plus a few pools of lamp light, and lens vignetting.
+        light = np.full((h, w), 0.35, dtype=np.float32)
+        for _ in range(3):
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            radius = rng.uniform(0.15, 0.4) * w
+            light += np.float32(rng.uniform(0.3, 0.8)) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / np.float32(2 * radius**2))
         r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / np.float32((w / 2) ** 2 + (h / 2) ** 2)
-        vignette = (1.0 - 0.45 * r2)[..., None]
-        image = np.power(image, np.float32(gamma)) * np.float32(gain) * cast * vignette * 255.0
+        light *= 1.0 - 0.4 * r2
+        # Mottled light and shadow (foliage, lamp glare) at the scale of SIFT patches: unlike the smooth
+        # terms above it changes local gradients, hence descriptors, as real night lighting does.
+        mottle = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), config.night_mottle[1])
+        mottle *= np.float32(config.night_mottle[0] / max(float(mottle.std()), 1e-6))
+        light *= np.exp(mottle)
+        image = np.power(image, np.float32(gamma)) * np.float32(gain) * cast * light[..., None] * 255.0
         image = cv2.GaussianBlur(image, (0, 0), rng.uniform(*config.night_blur_sigma))
+        # Camera shake during the long exposure: a short linear motion blur in a random direction.
+        kernel = _motion_kernel(rng.uniform(*config.night_shake_px), rng.uniform(0.0, math.pi))
+        image = cv2.filter2D(image, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
         noise_std = rng.uniform(*config.night_noise)
         # Shot noise grows with brightness, read noise is constant.
         image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.sqrt(
