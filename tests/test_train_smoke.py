@@ -46,6 +46,7 @@ def test_fast_dev_run_logs_loss_and_localization_metrics(tmp_path):
     # Held-out images are out of the training map.
     assert not set(dm.validation_set.queries.names) & set(dm.validation_set.scene.image_names)
     assert model.fusion.is_fitted
+    assert not (Path.cwd() / "validation").exists()  # no run directory under fast_dev_run: nothing written
 
 
 def test_checkpoint_evaluates_next_to_fixed_fusions(tmp_path):

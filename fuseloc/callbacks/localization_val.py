@@ -16,7 +16,7 @@ Logged (``<bench>`` is the benchmark name, ``<split>`` a query condition group o
   (``ModelCheckpoint`` monitors it).
 
 With a TensorBoard logger it also adds a recall-vs-threshold figure and one query with its RANSAC inlier
-(green) and outlier (red) matches; rank 0 writes ``<log_dir>/validation/epoch_<n>.json``.
+(green) and outlier (red) matches; with a logger, rank 0 writes ``<log_dir>/validation/epoch_<n>.json``.
 """
 
 from __future__ import annotations
@@ -125,9 +125,11 @@ class LocalizationValidation(pl.Callback):
             pl_module.log(key, value, sync_dist=world > 1)
         self.last_metrics = metrics
         # trainer.log_dir is a collective under DDP (a broadcast): every process must ask for it.
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if trainer.is_global_zero:
-            self._write(trainer, log_dir, metrics, results, stats)
+        log_dir = trainer.log_dir
+        # Without a real logger (fast_dev_run, logger=False) there is no run directory to write into; falling
+        # back to the working directory would litter wherever the trainer was started.
+        if trainer.is_global_zero and log_dir and trainer.loggers and not trainer.fast_dev_run:
+            self._write(trainer, Path(log_dir), metrics, results, stats)
             self._figures(trainer, vs, results, localizer, fused_map)
 
     def _metrics(self, results: dict[str, PoseResult], stats: dict[str, MatchStats], vs) -> dict[str, float]:  # noqa: ANN001

@@ -222,4 +222,4 @@ class FuseLocDataModule(pl.LightningDataModule):
         if self.validation_set is not None:
             self.validation_set.features.cache.close()
         # A later fit/validate on this object sets up again (the caches are closed now).
-        self.correspondences = self.validation_set = None
+        self.correspondences = None

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -109,8 +110,8 @@ class TownConfig:
     night_gamma: tuple[float, float] = (1.3, 1.7)
     night_noise: tuple[float, float] = (3.0, 6.0)  # Gaussian noise std in 8-bit levels
     night_blur_sigma: tuple[float, float] = (0.8, 1.4)  # px
-    night_shake_px: tuple[float, float] = (2.0, 6.0)  # length of the motion blur
-    night_mottle: tuple[float, float] = (0.35, 12.0)  # (log-illumination std, correlation length px)
+    night_shake_px: tuple[float, float] = (1.0, 4.0)  # length of the motion blur
+    night_mottle: tuple[float, float] = (0.15, 12.0)  # (log-illumination std, correlation length px)
 
     def __post_init__(self) -> None:
         if self.image_width <= 0 or self.image_height <= 0 or self.focal <= 0:
@@ -136,7 +137,8 @@ class TownConfig:
         """Distance in metres between the centre lines of neighbouring streets."""
         return self.street_width + self.block_depth
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON-ready values (tuples become lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
@@ -237,7 +239,9 @@ class Texture:
         return self.levels[0].shape[1], self.levels[0].shape[0]
 
 
-def _make_texture(source: _TextureSource, image: np.ndarray, width_m: float, texels_per_metre: float) -> Texture:
+def _make_texture(
+    source: _TextureSource, image: np.ndarray, width_m: float, texels_per_metre: float
+) -> Texture:
     h, w = image.shape[:2]
     y0, y1, x0, x1 = source.crop
     crop = image[int(round(y0 * h)) : int(round(y1 * h)), int(round(x0 * w)) : int(round(x1 * w))]
@@ -245,13 +249,17 @@ def _make_texture(source: _TextureSource, image: np.ndarray, width_m: float, tex
     shrink = tw < crop.shape[1]
     resized = cv2.resize(crop, (tw, th), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
     if source.tint != (1.0, 1.0, 1.0):
-        resized = np.clip(resized.astype(np.float32) * np.float32(source.tint), 0, 255).round().astype(np.uint8)
+        resized = (
+            np.clip(resized.astype(np.float32) * np.float32(source.tint), 0, 255).round().astype(np.uint8)
+        )
     # Box-filtered halving keeps texel centres aligned across levels (level k texel i covers level-0 texels
     # [2**k i, 2**k (i+1))), which the renderer relies on for exact texture coordinates.
     levels = [np.ascontiguousarray(resized)]
     for _ in range(MIP_LEVELS):
         prev = levels[-1]
-        levels.append(cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA))
+        levels.append(
+            cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        )
     return Texture(source.name, levels)
 
 
@@ -322,7 +330,12 @@ class Town:
 
 def _street_slots(config: TownConfig) -> list[tuple[int, str, int]]:
     """Side-facade slots as (street, side, position along the street)."""
-    return [(j, side, k) for j in range(config.n_streets) for side in ("left", "right") for k in range(config.facades_per_side)]
+    return [
+        (j, side, k)
+        for j in range(config.n_streets)
+        for side in ("left", "right")
+        for k in range(config.facades_per_side)
+    ]
 
 
 def _slot_center(config: TownConfig, slot: tuple[int, str, int]) -> np.ndarray:
@@ -331,7 +344,9 @@ def _slot_center(config: TownConfig, slot: tuple[int, str, int]) -> np.ndarray:
     return np.array([(k + 0.5) * config.facade_width, y])
 
 
-def _assign_side_textures(config: TownConfig, tiers: Sequence[Sequence[str]], rng: np.random.Generator) -> list[str]:
+def _assign_side_textures(
+    config: TownConfig, tiers: Sequence[Sequence[str]], rng: np.random.Generator
+) -> list[str]:
     """Choose which texture goes on each side slot.
 
     The texture names are shuffled within each tier (seeded) and the tiers concatenated; the first
@@ -415,24 +430,54 @@ def build_town(config: TownConfig) -> Town:
 
     facades: list[Facade] = []
 
-    def add(texture: str, bottom_left: np.ndarray, u: tuple[float, float, float], width: float, street: int, role: str) -> None:
+    def add(
+        texture: str,
+        bottom_left: np.ndarray,
+        u: tuple[float, float, float],
+        width: float,
+        street: int,
+        role: str,
+    ) -> None:
         tw, th = textures[texture].size
         height = width * th / tw  # keep texels square
         top_left = (float(bottom_left[0]), float(bottom_left[1]), float(height))
         facades.append(Facade(len(facades), texture, top_left, u, width, height, street, role))
 
     length, half = config.street_length, 0.5 * config.street_width
-    for slot, texture in zip(_street_slots(config), assignment):
+    for slot, texture in zip(_street_slots(config), assignment, strict=True):
         j, side, k = slot
         y0 = j * config.street_pitch
         if side == "left":  # at y0 + half, facing -y: seen from the street, x increases to the right
-            add(texture, np.array([k * config.facade_width, y0 + half]), (1.0, 0.0, 0.0), config.facade_width, j, side)
+            add(
+                texture,
+                np.array([k * config.facade_width, y0 + half]),
+                (1.0, 0.0, 0.0),
+                config.facade_width,
+                j,
+                side,
+            )
         else:  # at y0 - half, facing +y
-            add(texture, np.array([(k + 1) * config.facade_width, y0 - half]), (-1.0, 0.0, 0.0), config.facade_width, j, side)
+            add(
+                texture,
+                np.array([(k + 1) * config.facade_width, y0 - half]),
+                (-1.0, 0.0, 0.0),
+                config.facade_width,
+                j,
+                side,
+            )
     for j in range(config.n_streets):
         y0 = j * config.street_pitch
-        add(end_names[2 * j], np.array([0.0, y0 - half]), (0.0, 1.0, 0.0), config.street_width, j, "end_start")
-        add(end_names[2 * j + 1], np.array([length, y0 + half]), (0.0, -1.0, 0.0), config.street_width, j, "end_finish")
+        add(
+            end_names[2 * j], np.array([0.0, y0 - half]), (0.0, 1.0, 0.0), config.street_width, j, "end_start"
+        )
+        add(
+            end_names[2 * j + 1],
+            np.array([length, y0 + half]),
+            (0.0, -1.0, 0.0),
+            config.street_width,
+            j,
+            "end_finish",
+        )
     return Town(facades, textures)
 
 
@@ -442,13 +487,18 @@ def build_town(config: TownConfig) -> Town:
 
 def rotation_from_angles(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
     """World-to-camera rotation of a camera heading ``yaw`` (from +x, counter-clockwise seen from above),
-    looking ``pitch`` up and rolled ``roll`` clockwise about the viewing direction (all degrees)."""
+    looking ``pitch`` up (positive: above the horizon) and rolled by ``roll`` about its viewing direction
+    (positive turns the camera's x axis towards its y axis); all in degrees. Camera frame: x right, y down,
+    z forward."""
     yaw, pitch, roll = (math.radians(a) for a in (yaw_deg, pitch_deg, roll_deg))
     forward = np.array([math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)])
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
     down = np.cross(forward, right)
-    right, down = math.cos(roll) * right + math.sin(roll) * down, -math.sin(roll) * right + math.cos(roll) * down
+    right, down = (
+        math.cos(roll) * right + math.sin(roll) * down,
+        -math.sin(roll) * right + math.cos(roll) * down,
+    )
     return np.stack([right, down, forward])  # rows: camera axes in world coordinates
 
 
@@ -516,7 +566,8 @@ def _make_view(name: str, center: np.ndarray, R: np.ndarray, condition: str, ind
     q = quaternion_from_matrix(R)
     R_exact = matrix_from_quaternion(q)
     t = -R_exact @ np.asarray(center, dtype=np.float64)
-    return View(name, tuple(float(v) for v in q), tuple(float(v) for v in t), condition, index)  # type: ignore[arg-type]
+    qvec = (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
+    return View(name, qvec, (float(t[0]), float(t[1]), float(t[2])), condition, index)
 
 
 def plan_views(config: TownConfig) -> list[View]:
@@ -546,7 +597,15 @@ def plan_views(config: TownConfig) -> list[View]:
             pitch = config.db_pitch_deg + rng.uniform(-1.0, 1.0) * config.query_max_pitch_deg
             roll = rng.uniform(-1.0, 1.0) * config.query_max_roll_deg
             center = np.array([x, j * config.street_pitch + lateral, z])
-            views.append(_make_view(f"query/{condition}/{i:04d}.png", center, rotation_from_angles(yaw, pitch, roll), condition, i))
+            views.append(
+                _make_view(
+                    f"query/{condition}/{i:04d}.png",
+                    center,
+                    rotation_from_angles(yaw, pitch, roll),
+                    condition,
+                    i,
+                )
+            )
     return views
 
 
@@ -572,7 +631,11 @@ class RenderedView:
 def intrinsics_matrix(config: TownConfig) -> np.ndarray:
     """PINHOLE calibration matrix in COLMAP pixel convention (principal point at the image centre)."""
     return np.array(
-        [[config.focal, 0.0, config.image_width / 2], [0.0, config.focal, config.image_height / 2], [0.0, 0.0, 1.0]]
+        [
+            [config.focal, 0.0, config.image_width / 2],
+            [0.0, config.focal, config.image_height / 2],
+            [0.0, 0.0, 1.0],
+        ]
     )
 
 
@@ -596,7 +659,9 @@ _GROUND = np.array([92.0, 90.0, 88.0], dtype=np.float32)
 _HAZE = np.array([170.0, 175.0, 182.0], dtype=np.float32)
 
 
-def render_view(town: Town, K: np.ndarray, R: np.ndarray, t: np.ndarray, width: int, height: int) -> RenderedView:
+def render_view(
+    town: Town, K: np.ndarray, R: np.ndarray, t: np.ndarray, width: int, height: int
+) -> RenderedView:
     """Render the town seen by a pinhole camera (world-to-camera ``R``, ``t``; COLMAP pixel convention).
 
     Every pixel centre's ray is intersected analytically with the ground and with each facade plane, so
@@ -644,8 +709,18 @@ def render_view(town: Town, K: np.ndarray, R: np.ndarray, t: np.ndarray, width: 
         y1 = min(int(math.ceil(px[:, 1].max())) + 1, height)
         if x0 >= x1 or y0 >= y1:
             continue
-        _draw_facade(town.textures[facade.texture], facade, K_inv, R, t, uu[y0:y1, x0:x1], vv[y0:y1, x0:x1],
-                     rgb[y0:y1, x0:x1], depth[y0:y1, x0:x1], facade_id[y0:y1, x0:x1])
+        _draw_facade(
+            town.textures[facade.texture],
+            facade,
+            K_inv,
+            R,
+            t,
+            uu[y0:y1, x0:x1],
+            vv[y0:y1, x0:x1],
+            rgb[y0:y1, x0:x1],
+            depth[y0:y1, x0:x1],
+            facade_id[y0:y1, x0:x1],
+        )
     return RenderedView(rgb, depth, facade_id)
 
 
@@ -677,7 +752,9 @@ def _draw_facade(
         inv_q2 = 1.0 / q2
         s = q0 * inv_q2
         tt = q1 * inv_q2
-        visible = (q2 > 0) & (inv_q2 >= NEAR_PLANE) & (s >= 0) & (s < tw) & (tt >= 0) & (tt < th) & (inv_q2 < depth)
+        visible = (
+            (q2 > 0) & (inv_q2 >= NEAR_PLANE) & (s >= 0) & (s < tw) & (tt >= 0) & (tt < th) & (inv_q2 < depth)
+        )
     if not visible.any():
         return
     s, tt, inv_q2 = s[visible], tt[visible], inv_q2[visible]
@@ -713,8 +790,13 @@ def _sample(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     map_x = np.zeros(rows * cols, dtype=np.float32)
     map_y = np.zeros(rows * cols, dtype=np.float32)
     map_x[:n], map_y[:n] = x, y
-    out = cv2.remap(image, map_x.reshape(rows, cols), map_y.reshape(rows, cols), cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REFLECT_101)
+    out = cv2.remap(
+        image,
+        map_x.reshape(rows, cols),
+        map_y.reshape(rows, cols),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
     return out.reshape(rows * cols, -1)[:n].astype(np.float32)
 
 
@@ -757,12 +839,16 @@ def _apply_photometry(rgb: np.ndarray, view: View, config: TownConfig) -> np.nda
         for _ in range(3):
             cx, cy = rng.uniform(0, w), rng.uniform(0, h)
             radius = rng.uniform(0.15, 0.4) * w
-            light += np.float32(rng.uniform(0.3, 0.8)) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / np.float32(2 * radius**2))
+            light += np.float32(rng.uniform(0.3, 0.8)) * np.exp(
+                -((xx - cx) ** 2 + (yy - cy) ** 2) / np.float32(2 * radius**2)
+            )
         r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / np.float32((w / 2) ** 2 + (h / 2) ** 2)
         light *= 1.0 - 0.4 * r2
         # Mottled light and shadow (foliage, lamp glare) at the scale of SIFT patches: unlike the smooth
         # terms above it changes local gradients, hence descriptors, as real night lighting does.
-        mottle = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), config.night_mottle[1])
+        mottle = cv2.GaussianBlur(
+            rng.standard_normal((h, w), dtype=np.float32), (0, 0), config.night_mottle[1]
+        )
         mottle *= np.float32(config.night_mottle[0] / max(float(mottle.std()), 1e-6))
         light *= np.exp(mottle)
         image = np.power(image, np.float32(gamma)) * np.float32(gain) * cast * light[..., None] * 255.0
@@ -801,8 +887,12 @@ def default_scene_dir(config: TownConfig | None = None) -> Path:
     return cache / f"synthetic-town-{scene_hash(config)}"
 
 
-def _completion_record(config: TownConfig) -> dict:
-    return {"config": config.to_json(), "scene_hash": scene_hash(config), "generator_version": GENERATOR_VERSION}
+def _completion_record(config: TownConfig) -> dict[str, Any]:
+    return {
+        "config": config.to_json(),
+        "scene_hash": scene_hash(config),
+        "generator_version": GENERATOR_VERSION,
+    }
 
 
 def is_complete(root: Path, config: TownConfig) -> bool:
@@ -950,7 +1040,9 @@ def generate_town(
         _write_colmap_text(tmp / "sparse", db, config)
         _write_lists(tmp, queries, config)
         _write_scene_json(tmp, town, config)
-        (tmp / ".complete").write_text(json.dumps(_completion_record(config), indent=1, sort_keys=True) + "\n")
+        (tmp / ".complete").write_text(
+            json.dumps(_completion_record(config), indent=1, sort_keys=True) + "\n"
+        )
 
         if not overwrite and is_complete(root, config):  # a concurrent run finished first
             shutil.rmtree(tmp)
@@ -970,6 +1062,9 @@ def generate_town(
         raise
     logger.info(
         "synthetic town: %d database + %d query images written to %s in %.1f s",
-        len(db), len(queries), root, time.perf_counter() - start,
+        len(db),
+        len(queries),
+        root,
+        time.perf_counter() - start,
     )
     return root
