@@ -103,3 +103,19 @@ def test_vlad_against_naive_reference():
     v = np.sign(v) * np.sqrt(np.abs(v))
     v /= np.linalg.norm(v)
     np.testing.assert_allclose(vlad(desc), v, atol=1e-5)
+
+
+def test_changed_image_on_disk_is_extracted_again(tmp_path):
+    import os
+
+    _write_image(tmp_path / "images" / "0.png", 0)
+    out = tmp_path / "feats.h5"
+    extract_local_features(Sift(max_keypoints=200), tmp_path / "images", ["0.png"], out, progress=False)
+    with h5py.File(out, "r") as h:
+        before = h["0.png"]["keypoints"][()]
+    _write_image(tmp_path / "images" / "0.png", 3)  # same name, other content
+    os.utime(tmp_path / "images" / "0.png", ns=(1, 1))
+    extract_local_features(Sift(max_keypoints=200), tmp_path / "images", ["0.png"], out, progress=False)
+    with h5py.File(out, "r") as h:
+        after = h["0.png"]["keypoints"][()]
+    assert before.shape != after.shape or not np.allclose(before, after)

@@ -162,8 +162,30 @@ def _check_config(handle: h5py.File, config: dict, path: Path) -> None:
         )
 
 
-def write_local(handle: h5py.File, name: str, features: LocalFeatures, as_half: bool = False) -> None:
-    """Write one image's local features in hloc's layout (replacing an existing group)."""
+def image_stamp(path: str | Path) -> str:
+    """Identity of an image file's content as far as caches are concerned: size and modification time."""
+    st = Path(path).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def _fresh_names(handle: h5py.File, names: Sequence[str], stamps: dict[str, str]) -> set[str]:
+    """Complete groups whose recorded source stamp matches (groups without one, e.g. hloc's, are trusted)."""
+    complete = _complete_names(handle)
+    fresh = set()
+    for name in names:
+        if name in complete:
+            recorded = handle[name].attrs.get("source")
+            if recorded is None or name not in stamps or recorded == stamps[name]:
+                fresh.add(name)
+    return fresh
+
+
+def write_local(handle: h5py.File, name: str, features: LocalFeatures, as_half: bool = False,
+                source_stamp: str | None = None) -> None:
+    """Write one image's local features in hloc's layout (replacing an existing group).
+
+    ``source_stamp`` (see :func:`image_stamp`) lets a later run notice that the image changed on disk.
+    """
     if name in handle:
         del handle[name]
     group = handle.create_group(name)
@@ -172,6 +194,8 @@ def write_local(handle: h5py.File, name: str, features: LocalFeatures, as_half: 
     group.create_dataset("descriptors", data=desc.astype(np.float16 if as_half else np.float32))
     group.create_dataset("scores", data=features.scores.astype(np.float16 if as_half else np.float32))
     group.create_dataset("image_size", data=np.asarray(features.image_size, np.int64))
+    if source_stamp is not None:
+        group.attrs["source"] = source_stamp
     group.attrs["complete"] = True  # written last: a group without it is from an interrupted run
 
 
@@ -327,7 +351,8 @@ def extract_local_features(
 
     output = Path(output)
     with _open_for_append(output, extractor.config(), overwrite) as handle:
-        done = _complete_names(handle)
+        stamps = {n: image_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}
+        done = _fresh_names(handle, names, stamps)
         todo = [n for n in names if n not in done]
         if todo:
             logger.info("extracting %s for %d images into %s", extractor.tag(), len(todo), output)
@@ -337,7 +362,7 @@ def extract_local_features(
                 chunk = todo[start : start + batch]
                 images = [read_image(Path(image_root) / name) for name in chunk]
                 for name, features in zip(chunk, extractor.extract_batch(images), strict=True):
-                    write_local(handle, name, features, as_half)
+                    write_local(handle, name, features, as_half, stamps.get(name))
                 # flushed per batch: a kill loses at most one batch, never a half-written group
                 handle.flush()
                 bar.update(len(chunk))
@@ -391,11 +416,14 @@ def read_global(handle: h5py.File, name: str, path: Path | str | None = "") -> n
     return desc
 
 
-def write_global(handle: h5py.File, name: str, descriptor: np.ndarray, as_half: bool = False) -> None:
+def write_global(handle: h5py.File, name: str, descriptor: np.ndarray, as_half: bool = False,
+                 source_stamp: str | None = None) -> None:
     if name in handle:
         del handle[name]
     group = handle.create_group(name)
     group.create_dataset("global_descriptor", data=descriptor.astype(np.float16 if as_half else np.float32))
+    if source_stamp is not None:
+        group.attrs["source"] = source_stamp
     group.attrs["complete"] = True
 
 
@@ -583,7 +611,13 @@ def extract_global_features(
                     extractor.fit(train)
                     for key, value in extractor.state().items():
                         handle.attrs[_STATE_ATTR + key] = value
-            done = _complete_names(handle)
+            # A global descriptor is as fresh as what it was computed from: the image, or its local features.
+            if extractor.uses_image:
+                stamps = {n: image_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}  # type: ignore[arg-type]
+            else:
+                stamps = {n: str(local[n].attrs["source"]) for n in names if local is not None and n in local
+                          and "source" in local[n].attrs}
+            done = _fresh_names(handle, names, stamps)
             todo = [n for n in names if n not in done]
             batch = max(1, int(extractor.batch_size))
             with tqdm(total=len(todo), desc=f"global {extractor.tag()}", disable=not progress or not todo, leave=False) as bar:
@@ -592,7 +626,7 @@ def extract_global_features(
                     images = [read_image(Path(image_root) / n) if extractor.uses_image else None for n in chunk]  # type: ignore[arg-type]
                     locals_ = [read_local(local, n, local_path) if local is not None else None for n in chunk]
                     for name, desc in zip(chunk, extractor.describe_batch(images, locals_), strict=True):
-                        write_global(handle, name, np.asarray(desc, np.float32).reshape(-1), as_half)
+                        write_global(handle, name, np.asarray(desc, np.float32).reshape(-1), as_half, stamps.get(name))
                     handle.flush()
                     bar.update(len(chunk))
     finally:

@@ -36,6 +36,8 @@ class PreparedFeatures:
     cache: FeatureCache
     local_tag: str
     global_tag: str
+    #: hash of the database images' sizes and modification times: what triangulation and vocabularies learn from
+    database_fingerprint: str = ""
 
 
 def prepare_features(
@@ -67,6 +69,13 @@ def prepare_features(
             raise InputError("the scene has no image root; readers must set it", data.root)
         if data.queries.image_root != data.scene.image_root:
             raise InputError("database and query images must share one image root (names are relative to it)", data.root)
+    database_fingerprint = ""
+    if needs_images:
+        from fuseloc.data.features import image_stamp
+
+        root = Path(data.scene.image_root)
+        database_fingerprint = config_hash([(n, image_stamp(root / n)) for n in data.scene.image_names
+                                            if (root / n).is_file()])
     if local_path is not None:
         local_tag = check_feature_file(local_path, names, "local")
         local_path = Path(local_path)
@@ -84,12 +93,12 @@ def prepare_features(
         if global_extractor.needs_fit or global_extractor.uses_local_features:
             # Every setting of the vocabulary (seed, sample size...) and its training images key the file, so a
             # changed setting gets its own cache instead of a refusal (or, worse, a stale vocabulary).
-            global_tag += f"-{config_hash({'config': global_extractor.config(), 'train': sorted(data.scene.image_names)})}"
+            global_tag += f"-{config_hash({'config': global_extractor.config(), 'train': sorted(data.scene.image_names), 'content': database_fingerprint})}"
         global_path = extract_global_features(global_extractor, names, cache_dir / f"global-feats-{global_tag}.h5",
                                               image_root=data.scene.image_root, local_path=local_path,
                                               train_names=data.scene.image_names, progress=progress)
     logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
-    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
+    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag, database_fingerprint)
 
 
 def prepare_scene(
@@ -103,7 +112,8 @@ def prepare_scene(
                        "images": scene.image_names, "poses": config_hash(scene.t_cam_from_world.round(6).tolist()),
                        # rotations and intrinsics shape the triangulation as much as the centres do
                        "rotations": config_hash(scene.R_cam_from_world.round(9).tolist()),
-                       "cameras": config_hash([c.to_tokens() for c in scene.image_cameras])})
+                       "cameras": config_hash([c.to_tokens() for c in scene.image_cameras]),
+                       "content": features.database_fingerprint})
     path = cache_dir / f"sfm-{features.local_tag}-{key}.npz"
     if path.is_file():
         logger.info("loading triangulated map %s", path)
