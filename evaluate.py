@@ -78,7 +78,13 @@ def evaluate(
     call_args = dict(locals())
     from fuseloc.data.readers.town import EmbeddedTown
     from fuseloc.eval.plots import plot_recall_curves
-    from fuseloc.eval.runner import format_table, prepare_features, prepare_scene, run_hierarchical, run_method
+    from fuseloc.eval.runner import (
+        format_table,
+        prepare_features,
+        prepare_scene,
+        run_hierarchical,
+        run_method,
+    )
     from fuseloc.localize.hierarchical import HierarchicalConfig
     from fuseloc.models.fusion import FixedFusion
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from toy_scene import make_toy_scene
 
 from fuseloc.data.features import FeatureCache
 from fuseloc.data.readers.base import BenchmarkSpec
@@ -11,8 +12,6 @@ from fuseloc.eval.runner import evaluate_results
 from fuseloc.localize.fused_map import FusedMap, build_fused_map
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, localize_queries
 from fuseloc.models.fusion import FixedFusion
-
-from toy_scene import make_toy_scene
 
 
 def _localize(toy, lam, tmp_path=None):

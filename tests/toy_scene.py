@@ -12,6 +12,7 @@ from fuseloc.data.features import LocalFeatures, write_global, write_local
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.types import Camera, Pose
 
+
 def look_at(center: np.ndarray, target: np.ndarray) -> Pose:
     """World-to-camera pose of a camera at ``center`` looking at ``target`` (y down)."""
     z = target - center

@@ -188,7 +188,9 @@ class Scene:
             obs_image.append(np.full(len(kp_idx), id_to_index[iid]))
             obs_xy.append(np.array([points2d[int(k)].xy for k in kp_idx]))
             obs_point.append(np.array([pid_to_index[int(points2d[int(k)].point3D_id)] for k in kp_idx]))
-        cat = (lambda parts, dtype, shape: np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype))
+        def cat(parts: list, dtype: type, shape: tuple) -> np.ndarray:
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(shape, dtype)
+
         return cls(
             image_names=names,
             image_cameras=cams,
