@@ -14,9 +14,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from fuseloc.data.features import FeatureCache
+from fuseloc.data.observations import iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 
@@ -68,13 +68,6 @@ class Correspondences:
         return has, (sums[has] / counts[has, None]).astype(np.float32)
 
 
-def _associate(keypoints: np.ndarray, obs_xy: np.ndarray, radius: float) -> np.ndarray:
-    if len(keypoints) == 0 or len(obs_xy) == 0:
-        return np.full(len(obs_xy), -1, np.int64)
-    dist, idx = cKDTree(keypoints).query(obs_xy, k=1, distance_upper_bound=radius)
-    return np.where(np.isfinite(dist), idx, -1).astype(np.int64)
-
-
 def gather_correspondences(
     scene: Scene,
     features: FeatureCache,
@@ -94,28 +87,13 @@ def gather_correspondences(
     """
     if scene.num_points == 0:
         raise InputError("the training scene has no 3D points")
-    if association == "auto":
-        association = "index" if scene.keypoint_source and scene.keypoint_source == feature_tag else "radius"
+    association = resolve_association(scene, association, feature_tag)
     global_desc = features.global_descriptors(scene.image_names).astype(np.float32)
-    order = np.argsort(scene.obs_image, kind="stable")
-    bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
     local_parts, point_parts, image_parts = [], [], []
-    for i in range(scene.num_images):
-        obs = order[bounds[i] : bounds[i + 1]]
-        if len(obs) == 0:
-            continue
-        local = features.local(scene.image_names[i])
-        if association == "index":
-            kp = scene.obs_keypoint[obs].astype(np.int64)
-            if kp.max(initial=-1) >= len(local.keypoints):
-                raise InputError(f"image {scene.image_names[i]!r}: observation keypoint index beyond the "
-                                 f"{len(local.keypoints)} cached keypoints (map made with other features?)", features.local_path)
-        else:
-            kp = _associate(local.keypoints, scene.obs_xy[obs], radius)
-        ok = kp >= 0
-        local_parts.append(local.descriptors[kp[ok]].astype(np.float32))
-        point_parts.append(scene.obs_point[obs[ok]].astype(np.int64))
-        image_parts.append(np.full(int(ok.sum()), i, np.int64))
+    for observed in iter_image_observations(scene, features, association, radius):
+        local_parts.append(observed.descriptors)
+        point_parts.append(observed.points)
+        image_parts.append(np.full(len(observed.points), observed.image_index, np.int64))
     if not local_parts or sum(len(p) for p in point_parts) == 0:
         raise InputError("no database observation could be tied to a cached keypoint")
     corr = Correspondences(np.concatenate(local_parts), np.concatenate(point_parts), np.concatenate(image_parts),

@@ -103,6 +103,9 @@ class TownConfig:
     query_max_yaw_deg: float = 15.0  # heading offset from the nearest database heading
     query_max_pitch_deg: float = 5.0  # pitch offset from db_pitch_deg
     query_max_roll_deg: float = 3.0
+    # Seeds the query cameras and their photometry (None: ``seed``). Another value renders new day/night
+    # queries of the same town and database, e.g. a validation set that never touches the evaluation queries.
+    query_seed: int | None = None
 
     # Photometry.
     exposure_jitter: float = 0.15  # relative gain range (+-) for database and day images
@@ -139,7 +142,15 @@ class TownConfig:
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON-ready values (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        if values["query_seed"] is None:
+            # Left out so that towns generated before the field existed keep their hash and cache.
+            del values["query_seed"]
+        return values
+
+    @property
+    def effective_query_seed(self) -> int:
+        return self.seed if self.query_seed is None else self.query_seed
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -586,7 +597,7 @@ def plan_views(config: TownConfig) -> list[View]:
                 k += 1
 
     for condition, count, stream in (("day", config.n_day_queries, 1), ("night", config.n_night_queries, 2)):
-        rng = np.random.default_rng([config.seed, stream])
+        rng = np.random.default_rng([config.effective_query_seed, stream])
         for i in range(count):
             j = int(rng.integers(config.n_streets))
             x = rng.uniform(config.query_margin, length - config.query_margin)
@@ -825,7 +836,8 @@ def _motion_kernel(length: float, angle: float) -> np.ndarray:
 def _apply_photometry(rgb: np.ndarray, view: View, config: TownConfig) -> np.ndarray:
     """Exposure (database, day) or night degradation; seeded per view. Returns BGR uint8 for cv2.imwrite."""
     stream = {"db": 3, "day": 4, "night": 5}[view.condition]
-    rng = np.random.default_rng([config.seed, stream, view.index])
+    seed = config.seed if view.condition == "db" else config.effective_query_seed
+    rng = np.random.default_rng([seed, stream, view.index])
     image = rgb / np.float32(255.0)
     if view.condition == "night":
         gamma = rng.uniform(*config.night_gamma)

@@ -13,9 +13,9 @@ from typing import Literal
 import h5py
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from fuseloc.data.features import FeatureCache
+from fuseloc.data.observations import associate_by_radius, iter_image_observations, resolve_association  # noqa: F401 (re-export)
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.io import atomic_path
@@ -132,14 +132,6 @@ class FusedMap:
             raise InputError(f"cannot read map file ({exc})", path) from None
 
 
-def associate_by_radius(keypoints: np.ndarray, obs_xy: np.ndarray, radius: float) -> np.ndarray:
-    """Index of the nearest keypoint within ``radius`` pixels of each observation, -1 if none."""
-    if len(keypoints) == 0 or len(obs_xy) == 0:
-        return np.full(len(obs_xy), -1, np.int64)
-    dist, idx = cKDTree(keypoints).query(obs_xy, k=1, distance_upper_bound=radius)
-    return np.where(np.isfinite(dist), idx, -1).astype(np.int64)
-
-
 @torch.no_grad()
 def build_fused_map(
     scene: Scene,
@@ -164,37 +156,21 @@ def build_fused_map(
         radius: association radius in pixels.
         config: recorded in the map.
     """
-    from tqdm import tqdm
-
     if scene.num_points == 0:
         raise InputError("the reference model has no 3D points; triangulate it first (fuseloc builds it from posed images)")
-    if association == "auto":
-        association = "index" if scene.keypoint_source and scene.keypoint_source == feature_tag else "radius"
+    association = resolve_association(scene, association, feature_tag)
     db_global = features.global_descriptors(scene.image_names)
     first_local = features.local(scene.image_names[0])
     fusion.check_dims(first_local.descriptors.shape[1], db_global.shape[1], str(features.local_path))
     reduced = fusion.reduce_global(torch.from_numpy(db_global))
     sums = np.zeros((scene.num_points, fusion.out_dim), np.float64)
     counts = np.zeros(scene.num_points, np.int64)
-    order = np.argsort(scene.obs_image, kind="stable")
-    bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
-    for i in tqdm(range(scene.num_images), desc="fusing map", disable=not progress, leave=False):
-        obs = order[bounds[i] : bounds[i + 1]]
-        if len(obs) == 0:
+    for observed in iter_image_observations(scene, features, association, radius, "fusing map" if progress else None):
+        if len(observed.points) == 0:
             continue
-        local = features.local(scene.image_names[i])
-        if association == "index":
-            kp = scene.obs_keypoint[obs].astype(np.int64)
-            if kp.max(initial=-1) >= len(local.keypoints):
-                raise InputError(f"image {scene.image_names[i]!r}: observation keypoint index beyond the "
-                                 f"{len(local.keypoints)} cached keypoints (map made with other features?)", features.local_path)
-        else:
-            kp = associate_by_radius(local.keypoints, scene.obs_xy[obs], radius)
-        ok = kp >= 0
-        if not ok.any():
-            continue
-        fused = fusion.fuse(torch.from_numpy(local.descriptors[kp[ok]]), reduced[i : i + 1]).numpy()
-        points = scene.obs_point[obs[ok]]
+        i = observed.image_index
+        fused = fusion.fuse(torch.from_numpy(observed.descriptors), reduced[i : i + 1]).numpy()
+        points = observed.points
         # np.add.at is ~20x slower than buffered fancy-index adds (minutes at Aachen scale); an image sees a
         # point at most once in SfM models, so the buffered add is exact unless a point repeats in this image.
         if len(np.unique(points)) == len(points):

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from fuseloc.data.features import FeatureCache
+from fuseloc.data.observations import associate_by_radius
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
-from fuseloc.localize.fused_map import associate_by_radius
-from fuseloc.localize.pose import PnPConfig, estimate_absolute_pose
+from fuseloc.localize.pipeline import solve_pose
+from fuseloc.localize.pose import PnPConfig
 from fuseloc.types import Camera, Pose, PoseResult
 
 logger = logging.getLogger(__name__)
@@ -247,13 +248,6 @@ class HierarchicalLocalizer:
             raise InputError(f"query features are {local_desc.shape[1]}-D local / {len(global_desc)}-D global, the "
                              f"map holds {self.map.descriptors.shape[1]}-D / {self.db_global.shape[1]}-D")
         matches = self.match(keypoints, local_desc, global_desc, timings)
-        t0 = time.perf_counter()
         # The same 2D keypoint may match 3D points through several database images, as in hloc; RANSAC sorts it out.
-        pnp = estimate_absolute_pose(matches.p2d, self._xyz[matches.point_index], camera, self.config.pnp,
-                                     quality=-matches.distances)
-        timings["pnp"] = time.perf_counter() - t0
-        num_inliers = 0 if pnp is None else pnp.num_inliers
-        if pnp is None or num_inliers < self.config.min_inliers:
-            reason = f"{num_inliers} inliers < {self.config.min_inliers}" if pnp is not None else f"only {len(matches.p2d)} matches"
-            return PoseResult(self.fallback_pose(int(matches.retrieved[0])), False, len(matches.p2d), num_inliers, reason, timings)
-        return PoseResult(pnp.pose, True, len(matches.p2d), num_inliers, "", timings)
+        return solve_pose(matches.p2d, self._xyz[matches.point_index], matches.distances, camera, self.config.pnp,
+                          self.config.min_inliers, self.fallback_pose(int(matches.retrieved[0])), timings, num_keypoints=len(keypoints))

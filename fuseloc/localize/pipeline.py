@@ -95,17 +95,32 @@ class Localizer:
         timings: dict[str, float] = {}
         nearest_db = self.nearest_database_image(global_desc)
         matches = self.match(local_desc, keypoints, global_desc, timings)
-        t0 = time.perf_counter()
-        pnp = estimate_absolute_pose(matches.p2d, self._xyz[matches.point_index], camera, self.config.pnp,
-                                     quality=-matches.distances)
-        timings["pnp"] = time.perf_counter() - t0
-        num_inliers = 0 if pnp is None else pnp.num_inliers
-        if pnp is None or num_inliers < self.config.min_inliers:
-            reason = f"{num_inliers} inliers < {self.config.min_inliers}" if pnp is not None else f"only {len(matches.p2d)} matches"
-            if len(keypoints) == 0:
-                reason = "no keypoints detected in the query image (blank, black or featureless?)"
-            return PoseResult(self.fallback_pose(nearest_db), False, len(matches.p2d), num_inliers, reason, timings)
-        return PoseResult(pnp.pose, True, len(matches.p2d), num_inliers, "", timings)
+        return solve_pose(matches.p2d, self._xyz[matches.point_index], matches.distances, camera, self.config.pnp,
+                          self.config.min_inliers, self.fallback_pose(nearest_db), timings, num_keypoints=len(keypoints))
+
+
+def solve_pose(
+    p2d: np.ndarray,
+    p3d: np.ndarray,
+    distances: np.ndarray,
+    camera: Camera,
+    pnp_config: PnPConfig,
+    min_inliers: int,
+    fallback: Pose,
+    timings: dict[str, float],
+    num_keypoints: int,
+) -> PoseResult:
+    """PnP on 2D-3D matches; below ``min_inliers`` the query is failed and gets ``fallback`` with a reason."""
+    t0 = time.perf_counter()
+    pnp = estimate_absolute_pose(p2d, p3d, camera, pnp_config, quality=-distances)
+    timings["pnp"] = time.perf_counter() - t0
+    num_inliers = 0 if pnp is None else pnp.num_inliers
+    if pnp is None or num_inliers < min_inliers:
+        reason = f"{num_inliers} inliers < {min_inliers}" if pnp is not None else f"only {len(p2d)} matches"
+        if num_keypoints == 0:
+            reason = "no keypoints detected in the query image (blank, black or featureless?)"
+        return PoseResult(fallback, False, len(p2d), num_inliers, reason, timings)
+    return PoseResult(pnp.pose, True, len(p2d), num_inliers, "", timings)
 
 
 def filter_matches(result: SearchResult, ratio_threshold: float = 1.0, unique_points: bool = False) -> np.ndarray:
