@@ -284,3 +284,36 @@ def test_repeated_textures_are_far_apart_with_different_neighbours():
         ]
         neighbours = [n for n in neighbours if n is not None]
         assert len(neighbours) == len(set(neighbours))
+
+
+def test_query_seed_renders_new_queries_of_the_same_database(tiny_town: Path, tmp_path: Path):
+    # None leaves the hash (and so every town generated before the field existed) unchanged.
+    assert "query_seed" not in TINY.to_json()
+    assert synthetic.scene_hash(dataclasses.replace(TINY, query_seed=None)) == synthetic.scene_hash(TINY)
+    assert synthetic.scene_hash(dataclasses.replace(TINY, query_seed=5)) != synthetic.scene_hash(TINY)
+    other = generate_town(tmp_path / "valq", dataclasses.replace(TINY, query_seed=5))
+    base, new = _digest(tiny_town), _digest(other)
+    db = [k for k in base if k.startswith(("images/db/", "sparse/"))]
+    assert db and all(base[k] == new[k] for k in db)
+    queries = [k for k in base if k.startswith("images/query/")]
+    assert queries and all(base[k] != new[k] for k in queries)
+    assert (other / "gt_poses.txt").read_text() != (tiny_town / "gt_poses.txt").read_text()
+
+
+def test_embedded_town_validation_queries_are_a_second_rendering(tiny_town: Path, monkeypatch: pytest.MonkeyPatch):
+    from fuseloc.data.readers import town as town_reader
+    from fuseloc.errors import InputError
+
+    monkeypatch.setattr(synthetic, "TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
+    reader = town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=5)
+    data = reader.load()
+    val = data.validation
+    assert val is not None and len(val) == len(data.queries) and val.has_ground_truth
+    assert sorted(set(val.conditions)) == ["day", "night"]
+    # Distinct names: feature caches are keyed by name and shared with the evaluation queries.
+    assert not set(val.names) & set(data.queries.names)
+    assert all((Path(val.image_root) / n).is_file() for n in val.names)
+    assert [p.t.tolist() for p in val.gt_poses] != [p.t.tolist() for p in data.queries.gt_poses]
+    assert town_reader.EmbeddedTown(root=tiny_town).load().validation is None
+    with pytest.raises(InputError, match="evaluation queries"):
+        town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=0).load()

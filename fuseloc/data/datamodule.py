@@ -84,7 +84,8 @@ class FuseLocDataModule(pl.LightningDataModule):
     """Training batches of database observations and a validation split, for any dataset reader.
 
     Args:
-        dataset: the dataset reader; default: the embedded synthetic town.
+        dataset: the dataset reader; default: the embedded synthetic town, validated on day and night queries
+            of a second rendering (query seed 1) of the same town and database.
         local_features: local feature extractor (as in evaluate.py).
         global_features: VLAD settings (as in evaluate.py: they must match for the checkpoint to apply).
         output_dir: root of outputs; caches live in ``<output_dir>/<benchmark>/cache`` as for evaluate.py.
@@ -103,7 +104,7 @@ class FuseLocDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: DatasetReader = lazy_instance(EmbeddedTown),  # noqa: B008 (jsonargparse lazy default)
+        dataset: DatasetReader = lazy_instance(EmbeddedTown, validation_query_seed=1),  # noqa: B008 (lazy default)
         local_features: LocalExtractor = lazy_instance(Sift),  # noqa: B008
         global_features: Vlad = lazy_instance(Vlad),  # noqa: B008
         output_dir: Path = Path("outputs"),

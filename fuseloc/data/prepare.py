@@ -67,8 +67,16 @@ def prepare_features(
     if needs_images:
         if data.scene.image_root is None:
             raise InputError("the scene has no image root; readers must set it", data.root)
-        if data.queries.image_root != data.scene.image_root:
-            raise InputError("database and query images must share one image root (names are relative to it)", data.root)
+    # Queries under another root (e.g. a reader's validation queries rendered elsewhere) get their own
+    # extraction pass; the caches are keyed by name, so their names must not be database names.
+    query_root = data.queries.image_root
+    separate = needs_images and query_root is not None and Path(query_root) != Path(data.scene.image_root)
+    if separate and set(data.queries.names) & set(data.scene.image_names):
+        raise InputError("queries under another image root must not share names with database images", data.root)
+    if needs_images and query_root is None and len(data.queries):
+        raise InputError("the queries have no image root; readers must set it", data.root)
+    passes = ([(data.scene.image_root, list(data.scene.image_names)), (query_root, list(data.queries.names))]
+              if separate else [(data.scene.image_root, names)])
     database_fingerprint = ""
     if needs_images:
         from fuseloc.data.features import image_stamp
@@ -81,8 +89,9 @@ def prepare_features(
         local_path = Path(local_path)
     else:
         local_tag = local.tag()
-        local_path = extract_local_features(local, data.scene.image_root, names, cache_dir / f"feats-{local_tag}.h5",
-                                            progress=progress)
+        for image_root, part in passes:
+            local_path = extract_local_features(local, image_root, part, cache_dir / f"feats-{local_tag}.h5",
+                                                progress=progress)
     if global_path is not None:
         global_tag = check_feature_file(global_path, names, "global")
         global_path = Path(global_path)
@@ -94,9 +103,10 @@ def prepare_features(
             # Every setting of the vocabulary (seed, sample size...) and its training images key the file, so a
             # changed setting gets its own cache instead of a refusal (or, worse, a stale vocabulary).
             global_tag += f"-{config_hash({'config': global_extractor.config(), 'train': sorted(data.scene.image_names), 'content': database_fingerprint})}"
-        global_path = extract_global_features(global_extractor, names, cache_dir / f"global-feats-{global_tag}.h5",
-                                              image_root=data.scene.image_root, local_path=local_path,
-                                              train_names=data.scene.image_names, progress=progress)
+        for image_root, part in passes:
+            global_path = extract_global_features(global_extractor, part, cache_dir / f"global-feats-{global_tag}.h5",
+                                                  image_root=image_root, local_path=local_path,
+                                                  train_names=data.scene.image_names, progress=progress)
     logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
     return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag, database_fingerprint)
 
