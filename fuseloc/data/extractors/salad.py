@@ -5,8 +5,9 @@ position embeddings (trained at 518 px, 37 x 37 patches) bicubically resized for
 (scale factor (n + 0.1) / 37). Aggregator: local tokens -> cluster features (128-D) and scores over 64
 clusters; a Sinkhorn solver (3 log-domain iterations, with a learned dustbin row that absorbs the n - m
 excess mass) turns scores into a soft assignment; the assigned features are summed per cluster,
-intra-normalised, concatenated with a 256-D projection of the class token, and L2-normalised: 64 x 128 + 256
-= 8448 dimensions.
+intra-normalised, flattened feature-major (index d * 64 + k, as the release), concatenated after a 256-D
+projection of the class token, and L2-normalised: 64 x 128 + 256 = 8448 dimensions. The ViT lives in
+:mod:`~fuseloc.data.extractors.dinov2`, shared with MegaLoc and CricaVPR.
 
 Parameter names follow the released ``dino_salad.ckpt``: ``backbone.model.<DINOv2 hub keys>`` (``cls_token``,
 ``pos_embed``, ``mask_token``, ``patch_embed.proj``, ``blocks.<i>.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,
@@ -30,110 +31,7 @@ from fuseloc.data.extractors.base import (
     load_state_dict,
     resolve_weights,
 )
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, patch: int, dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int, init: float = 1e-5):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.full((dim,), init))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads)
-        self.ls1 = LayerScale(dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.ls2 = LayerScale(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
-
-
-class DinoV2(nn.Module):
-    """DINOv2 ViT: (B, 3, H, W) normalised, H and W multiples of ``patch`` -> (class token (B, D), tokens (B, D, H/p, W/p)).
-
-    Args:
-        dim: embedding width (ViT-B: 768).
-        depth: number of blocks (ViT-B: 12).
-        heads: attention heads (ViT-B: 12).
-        patch: patch side in pixels (14).
-        train_size: the image side the position embeddings were trained for (518 px, 37 x 37 patches).
-    """
-
-    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, patch: int = 14, train_size: int = 518):
-        super().__init__()
-        self.patch = patch
-        self.grid = train_size // patch
-        self.patch_embed = PatchEmbed(patch, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + self.grid**2, dim) * 0.02)
-        self.mask_token = nn.Parameter(torch.zeros(1, dim))  # used only by DINOv2's masked training; kept to load its file
-        self.blocks = nn.ModuleList([Block(dim, heads) for _ in range(depth)])
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-
-    def position_embedding(self, h: int, w: int) -> torch.Tensor:
-        """(1, 1 + h*w, D) position embeddings for an h x w patch grid."""
-        if (h, w) == (self.grid, self.grid):
-            return self.pos_embed
-        cls_pos, grid_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        d = grid_pos.shape[-1]
-        grid_pos = grid_pos.reshape(1, self.grid, self.grid, d).permute(0, 3, 1, 2)
-        # DINOv2's +0.1 keeps the floor of the output size at exactly (h, w); the factor also sets the sampling
-        grid_pos = F.interpolate(grid_pos.float(), scale_factor=((h + 0.1) / self.grid, (w + 0.1) / self.grid),
-                                 mode="bicubic", align_corners=False)
-        assert grid_pos.shape[-2:] == (h, w)
-        grid_pos = grid_pos.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h * w, d)
-        return torch.cat([cls_pos, grid_pos], dim=1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        b, _, height, width = x.shape
-        h, w = height // self.patch, width // self.patch
-        tokens = self.patch_embed(x)
-        tokens = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1) + self.position_embedding(h, w)
-        for block in self.blocks:
-            tokens = block(tokens)
-        tokens = self.norm(tokens)
-        return tokens[:, 0], tokens[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+from fuseloc.data.extractors.dinov2 import HubBackbone
 
 
 def sinkhorn_log_assignment(scores: torch.Tensor, dustbin: torch.Tensor, iterations: int = 3) -> torch.Tensor:
@@ -175,15 +73,10 @@ class SaladAggregator(nn.Module):
         features = self.cluster_features(tokens).flatten(2)  # (B, cluster_dim, n)
         log_p = sinkhorn_log_assignment(self.score(tokens).flatten(2), self.dust_bin)
         assignment = log_p[:, :-1].exp()  # (B, m, n), dustbin dropped
-        clusters = torch.einsum("bdn,bmn->bmd", features, assignment)
+        clusters = torch.einsum("bdn,bmn->bdm", features, assignment)
+        # flattened feature-major (index d * m + k) as the release does: MegaLoc's linear head depends on it
         return F.normalize(torch.cat([F.normalize(self.token_features(token), dim=-1),
-                                      F.normalize(clusters, dim=2).flatten(1)], dim=1), dim=-1)
-
-
-class _Backbone(nn.Module):
-    def __init__(self, **kw: int) -> None:
-        super().__init__()
-        self.model = DinoV2(**kw)
+                                      F.normalize(clusters, dim=1).flatten(1)], dim=1), dim=-1)
 
 
 class SaladNet(nn.Module):
@@ -193,7 +86,7 @@ class SaladNet(nn.Module):
                  token_dim: int = 256):
         super().__init__()
         self.normalize = ImageNetNormalize()
-        self.backbone = _Backbone(dim=dim, depth=depth, heads=heads)
+        self.backbone = HubBackbone(dim=dim, depth=depth, heads=heads)
         self.aggregator = SaladAggregator(dim, num_clusters, cluster_dim, token_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
