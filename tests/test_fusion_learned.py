@@ -58,9 +58,10 @@ def _randomized(seed=0, **kwargs):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("options", [
     {},
-    {"project_local": True},
+    {"conditioned_gate": True, "train_projection": True},
+    {"project_local": True, "conditioned_gate": True},
     {"normalize_output": False, "conditioned_gate": False},
-    {"per_dim_gate": False, "project_local": True},
+    {"per_dim_gate": False, "project_local": True, "conditioned_gate": True},
     {"per_dim_gate": False, "conditioned_gate": False},
 ])
 def test_learned_fusion_matches_naive_loop(dtype, options):

@@ -176,7 +176,12 @@ class LearnedFusion(Fusion):
         per_dim_gate: learn the per-dimension gates ``a`` and ``b``.
         conditioned_gate: make ``b`` depend on the image's reduced global descriptor.
         project_local: learn the D x D local projection ``A``.
-        train_projection: learn ``P``; off keeps the PCA from :meth:`fit` (fewer parameters for tiny maps).
+        train_projection: learn ``P``; off keeps the PCA from :meth:`fit`.
+
+    The defaults learn only λ and the per-dimension gates (1 + 2D parameters): training sees database
+    images only, and on the embedded town a learned ``P`` (G x D) and conditioned gate fitted their
+    photometry and lost night queries (validation recall on unseen day/night queries 91.7 % for the full
+    model against 93.8 % for the defaults), so the larger variants are opt-in.
         normalize_output: L2-normalise the fused descriptor.
     """
 
@@ -186,9 +191,9 @@ class LearnedFusion(Fusion):
         global_dim: int = 4096,
         init_lam: float = 0.5,
         per_dim_gate: bool = True,
-        conditioned_gate: bool = True,
+        conditioned_gate: bool = False,
         project_local: bool = False,
-        train_projection: bool = True,
+        train_projection: bool = False,
         normalize_output: bool = True,
     ):
         super().__init__(local_dim, global_dim)
