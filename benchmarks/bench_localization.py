@@ -28,7 +28,7 @@ from fuseloc.data.features import LocalExtractor, Sift, Vlad
 from fuseloc.data.readers.base import DatasetReader
 from fuseloc.data.triangulate import TriangulationConfig
 from fuseloc.localize.hierarchical import HierarchicalConfig
-from fuseloc.localize.pipeline import LocalizerConfig
+from fuseloc.localize.pipeline import LocalizerConfig, localize_one
 
 # evaluate.py options that a shared YAML may carry; the benchmark takes its own localizer/hierarchical settings.
 EVALUATE_ONLY = ("query_global", "min_inliers", "ransac_max_error", "progress", "top_k", "index")
@@ -98,16 +98,6 @@ def _make_localizer(job: MethodJob, cache, report: MethodReport):  # noqa: ANN00
     return localizer
 
 
-def _localize_once(localizer, cache, name: str, camera):  # noqa: ANN001, ANN202
-    t = time.perf_counter()
-    local = cache.local(name)
-    global_desc = cache.global_descriptor(name)
-    io = time.perf_counter() - t
-    result = localizer.localize(camera, local.keypoints, local.descriptors, global_desc)
-    result.timings["features_io"] = io
-    return result
-
-
 def _warm_up(cache, name: str) -> None:  # noqa: ANN001
     """Run each library once on tiny inputs, so their one-off set-up (thread pools, kernels, h5 chunk caches)
     is not counted as the memory of whichever method happens to run first."""
@@ -140,7 +130,7 @@ def measure_memory(job: MethodJob) -> MethodReport:
     report = MethodReport(job.label)
     localizer = _make_localizer(job, cache, report)
     for name, camera in zip(queries.names, queries.cameras):
-        _localize_once(localizer, cache, name, camera)
+        localize_one(localizer, cache, name, camera)
     report.peak_extra_bytes = max(peak_rss_bytes() - rss0, 0)
     cache.close()
     return report
@@ -159,7 +149,7 @@ def measure_time(jobs: list[MethodJob]) -> list[MethodReport]:
     for repeat in range(jobs[0].repeats):
         for name, camera in zip(queries.names, queries.cameras):
             for m, (localizer, report) in enumerate(zip(localizers, reports)):
-                result = _localize_once(localizer, cache, name, camera)
+                result = localize_one(localizer, cache, name, camera)
                 per_query[m][name].append(result.timings)
                 if repeat == 0:
                     report.results[name] = result

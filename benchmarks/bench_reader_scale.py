@@ -25,7 +25,7 @@ import numpy as np
 
 def write_model(model_dir: Path, num_images: int, num_points: int, mean_track: float, extra_2d: float, seed: int) -> dict:
     """A legacy binary model with random geometry and tracks; returns sizes."""
-    from fuseloc.data.readers.colmap_model import POINT2D_DTYPE, write_cameras_binary
+    from fuseloc.data.readers.colmap_model import POINT2D_DTYPE, write_cameras_binary, write_points_binary
     from fuseloc.types import Camera
 
     rng = np.random.default_rng(seed)
@@ -62,22 +62,9 @@ def write_model(model_dir: Path, num_images: int, num_points: int, mean_track: f
             f.write(f"db/{i + 1}.jpg".encode() + b"\0")
             f.write(struct.pack("<Q", n_total))
             f.write(points.tobytes())
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    with open(model_dir / "points3D.bin", "wb") as f:
-        f.write(struct.pack("<Q", num_points))
-        for length in np.unique(lengths):
-            sel = np.flatnonzero(lengths == length)
-            dtype = np.dtype([("id", "<u8"), ("xyz", "<f8", (3,)), ("rgb", "u1", (3,)), ("error", "<f8"),
-                              ("track_length", "<u8"), ("track", "<i4", (int(length), 2))])
-            rec = np.zeros(len(sel), dtype)
-            rec["id"] = point_ids[sel]
-            rec["xyz"] = rng.normal(size=(len(sel), 3)) * 50
-            rec["error"] = 0.5
-            rec["track_length"] = length
-            obs = starts[sel][:, None] + np.arange(length)[None]
-            rec["track"][..., 0] = obs_image[obs] + 1
-            rec["track"][..., 1] = obs_kp[obs]
-            f.write(rec.tobytes())
+    # Observations are stored point after point, so they are the points' track elements in order.
+    write_points_binary(model_dir / "points3D.bin", point_ids, rng.normal(size=(num_points, 3)) * 50, lengths,
+                        np.stack([obs_image + 1, obs_kp], 1))
     sizes = {"images": num_images, "points": num_points, "observations": int(len(obs_point))}
     sizes["bytes"] = {p.name: p.stat().st_size for p in model_dir.iterdir()}
     return sizes

@@ -635,19 +635,6 @@ def extract_global_features(
     return output
 
 
-def extract_vlad(
-    vlad: Vlad,
-    local_path: str | Path,
-    train_names: Sequence[str],
-    names: Sequence[str],
-    output: str | Path,
-    overwrite: bool = False,
-) -> Path:
-    """Train the VLAD vocabulary on ``train_names`` (database) and describe ``names`` into ``output``."""
-    return extract_global_features(vlad, names, output, local_path=local_path, train_names=train_names,
-                                   overwrite=overwrite, progress=False)
-
-
 # ------------------------------------------------------------------------- existing (e.g. hloc) feature files
 
 

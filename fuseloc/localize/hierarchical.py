@@ -250,4 +250,5 @@ class HierarchicalLocalizer:
         matches = self.match(keypoints, local_desc, global_desc, timings)
         # The same 2D keypoint may match 3D points through several database images, as in hloc; RANSAC sorts it out.
         return solve_pose(matches.p2d, self._xyz[matches.point_index], matches.distances, camera, self.config.pnp,
-                          self.config.min_inliers, self.fallback_pose(int(matches.retrieved[0])), timings, num_keypoints=len(keypoints))
+                          self.config.min_inliers,
+                          lambda: self.fallback_pose(int(matches.retrieved[0])), timings, num_keypoints=len(keypoints))

@@ -93,10 +93,10 @@ class Localizer:
 
     def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult:
         timings: dict[str, float] = {}
-        nearest_db = self.nearest_database_image(global_desc)
         matches = self.match(local_desc, keypoints, global_desc, timings)
         return solve_pose(matches.p2d, self._xyz[matches.point_index], matches.distances, camera, self.config.pnp,
-                          self.config.min_inliers, self.fallback_pose(nearest_db), timings, num_keypoints=len(keypoints))
+                          self.config.min_inliers,
+                          lambda: self.fallback_pose(self.nearest_database_image(global_desc)), timings, num_keypoints=len(keypoints))
 
 
 def solve_pose(
@@ -106,11 +106,14 @@ def solve_pose(
     camera: Camera,
     pnp_config: PnPConfig,
     min_inliers: int,
-    fallback: Pose,
+    fallback: Callable[[], Pose],
     timings: dict[str, float],
     num_keypoints: int,
 ) -> PoseResult:
-    """PnP on 2D-3D matches; below ``min_inliers`` the query is failed and gets ``fallback`` with a reason."""
+    """PnP on 2D-3D matches; below ``min_inliers`` the query is failed and gets ``fallback()`` with a reason.
+
+    The fallback is a callable so the retrieval it needs runs only for failed queries.
+    """
     t0 = time.perf_counter()
     pnp = estimate_absolute_pose(p2d, p3d, camera, pnp_config, quality=-distances)
     timings["pnp"] = time.perf_counter() - t0
@@ -119,7 +122,7 @@ def solve_pose(
         reason = f"{num_inliers} inliers < {min_inliers}" if pnp is not None else f"only {len(p2d)} matches"
         if num_keypoints == 0:
             reason = "no keypoints detected in the query image (blank, black or featureless?)"
-        return PoseResult(fallback, False, len(p2d), num_inliers, reason, timings)
+        return PoseResult(fallback(), False, len(p2d), num_inliers, reason, timings)
     return PoseResult(pnp.pose, True, len(p2d), num_inliers, "", timings)
 
 
@@ -149,6 +152,17 @@ class QueryLocalizer(Protocol):
     def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult: ...
 
 
+def localize_one(localizer: QueryLocalizer, features: FeatureCache, name: str, camera: Camera) -> PoseResult:
+    """Read one query's cached features and localize it; feature reading is timed as ``features_io``."""
+    t0 = time.perf_counter()
+    local = features.local(name)
+    global_desc = features.global_descriptor(name)
+    io_time = time.perf_counter() - t0
+    result = localizer.localize(camera, local.keypoints, local.descriptors, global_desc)
+    result.timings["features_io"] = io_time
+    return result
+
+
 def localize_queries(
     localizer: QueryLocalizer,
     queries: QuerySet,
@@ -165,12 +179,7 @@ def localize_queries(
     for name, camera in tqdm(list(zip(queries.names, queries.cameras)), desc="localizing", disable=not progress, leave=False):
         if skip and name in skip:
             continue
-        t0 = time.perf_counter()
-        local = features.local(name)
-        global_desc = features.global_descriptor(name)
-        io_time = time.perf_counter() - t0
-        result = localizer.localize(camera, local.keypoints, local.descriptors, global_desc)
-        result.timings["features_io"] = io_time
+        result = localize_one(localizer, features, name, camera)
         if not result.success:
             failed += 1
             logger.debug("query %s failed (%s); using the nearest database pose", name, result.reason)

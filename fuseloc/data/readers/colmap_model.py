@@ -456,13 +456,20 @@ def write_images_binary(path: Path, images: list[ImageRecord]) -> None:
             f.write(points.tobytes())
 
 
-def write_points_binary(path: Path, point_ids: np.ndarray, xyz: np.ndarray, tracks: list[np.ndarray]) -> None:
-    """Points with their tracks ((L, 2) int arrays of image_id, point2D_idx), grouped by track length.
+def write_points_binary(path: Path, point_ids: np.ndarray, xyz: np.ndarray, track_lengths: np.ndarray,
+                        track_elements: np.ndarray) -> None:
+    """Points with their tracks, grouped by track length.
+
+    Args:
+        track_lengths: (P,) observations per point.
+        track_elements: (sum of lengths, 2) (image_id, point2D_idx) rows, point after point in ``point_ids`` order.
 
     Grouping makes one structured-array write per track length, so 1.6M points take seconds; COLMAP does
     not require points sorted by id.
     """
-    lengths = np.array([len(t) for t in tracks], np.int64)
+    lengths = np.asarray(track_lengths, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    elements = np.asarray(track_elements, np.int64).reshape(-1, 2)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(point_ids)))
         for length in np.unique(lengths):
@@ -476,7 +483,7 @@ def write_points_binary(path: Path, point_ids: np.ndarray, xyz: np.ndarray, trac
             rec["error"] = -1.0
             rec["track_length"] = length
             if length:
-                rec["track"] = np.stack([tracks[i] for i in sel])
+                rec["track"] = elements[starts[sel][:, None] + np.arange(length)[None]]
             f.write(rec.tobytes())
 
 
@@ -487,7 +494,9 @@ def write_model_binary(model_dir: str | Path, cameras: dict[int, Camera], images
     model_dir.mkdir(parents=True, exist_ok=True)
     write_cameras_binary(model_dir / "cameras.bin", cameras)
     write_images_binary(model_dir / "images.bin", images)
-    write_points_binary(model_dir / "points3D.bin", np.asarray(point_ids), np.asarray(xyz), _tracks(images, point_ids))
+    tracks = _tracks(images, point_ids)
+    write_points_binary(model_dir / "points3D.bin", np.asarray(point_ids), np.asarray(xyz),
+                        np.array([len(t) for t in tracks], np.int64), np.concatenate([np.zeros((0, 2), np.int64), *tracks]))
     return model_dir
 
 
