@@ -5,7 +5,15 @@ import logging
 import numpy as np
 import pytest
 
-from fuseloc.localize.index import IndexConfig, MapIndex, SearchResult, gpu_available
+from fuseloc.localize.index import (
+    IndexConfig,
+    MapIndex,
+    SearchResult,
+    _split_lists,
+    gpu_available,
+    load_or_build_index,
+    train_coarse_centroids,
+)
 from fuseloc.localize.pipeline import filter_matches
 
 
@@ -65,7 +73,7 @@ def test_auto_is_flat_for_small_maps_and_ivf_above_the_threshold():
     points, queries = _data(num_points=2000)
     assert MapIndex(points, IndexConfig(kind="auto")).kind == "flat"
     big = MapIndex(points, IndexConfig(kind="auto", flat_max_points=1000, nprobe=1000))
-    # 4·sqrt(2000) ~ 179 -> 256 lists, capped at 2000 // 39 = 51 so every list gets enough training points.
+    # 16·sqrt(2000) ~ 716 -> 512 lists, capped at 2000 // 39 = 51 so every list gets enough training points.
     assert big.kind == "ivf" and big.nlist == 51
     _, idx = _brute_force(points, queries)
     np.testing.assert_array_equal(big.search(queries).indices[:, 0], idx[:, 0])
@@ -74,6 +82,74 @@ def test_auto_is_flat_for_small_maps_and_ivf_above_the_threshold():
 def test_nlist_never_exceeds_what_the_training_set_supports():
     assert IndexConfig(kind="ivf").resolved_nlist(100) == 2
     assert IndexConfig(kind="ivf", nlist=7).resolved_nlist(10) == 7
+    # Aachen size: 16·sqrt(1.6M) ~ 20239 -> 16384 lists, searched through an HNSW graph over the list centres.
+    config = IndexConfig(kind="ivf")
+    assert config.resolved_nlist(1_600_000) == 16384 and config.resolved_quantizer(16384) == "hnsw"
+    assert config.resolved_quantizer(4096) == "flat"
+    assert IndexConfig(use_gpu=True).resolved_quantizer(16384) == "flat"  # GPU IVF wants a flat quantizer
+
+
+@pytest.mark.parametrize("sizes,total", [([5, 1, 1], 4), ([100, 10, 1, 1], 50), ([3, 3, 3], 9), ([40, 2], 3)])
+def test_list_split_is_proportional_and_feasible(sizes, total):
+    sizes = np.array(sizes)
+    counts = _split_lists(sizes, total)
+    assert counts.sum() == total and (counts >= 1).all() and (counts <= sizes).all()
+    # No group is more than one list away from its proportional share (when the bounds allow it).
+    share = sizes / sizes.sum() * total
+    assert (np.abs(counts - np.clip(share, 1, sizes)) < 1 + 1e-9).all()
+
+
+def test_two_level_training_gives_every_list_a_centre_and_exact_search_when_all_lists_are_visited():
+    rng = np.random.default_rng(0)
+    sample = rng.standard_normal((2048 * 3, 8)).astype(np.float32)
+    centres = train_coarse_centroids(sample, 2048, niter=4)
+    assert centres.shape == (2048, 8) and np.isfinite(centres).all()
+    assert len(np.unique(centres.round(6), axis=0)) == 2048
+    with pytest.raises(ValueError, match="at least 2048 training points"):
+        train_coarse_centroids(sample[:100], 2048)
+
+
+def test_hnsw_coarse_quantizer_is_exact_when_every_list_is_visited():
+    points, queries = _data()
+    _, idx = _brute_force(points, queries)
+    index = MapIndex(points, IndexConfig(kind="ivf", nlist=32, nprobe=32, coarse_quantizer="hnsw"))
+    np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
+
+
+def test_index_cache_is_keyed_by_descriptors_and_build_settings_not_search_settings(tmp_path, caplog):
+    points, queries = _data()
+    config = IndexConfig(kind="ivf", nlist=32, nprobe=4)
+    with caplog.at_level(logging.INFO, logger="fuseloc.localize.index"):
+        built = load_or_build_index(points, config, tmp_path)
+        files = sorted(tmp_path.iterdir())
+        assert len(files) == 1 and files[0].suffix == ".faiss" and "built" in caplog.text
+        caplog.clear()
+        loaded = load_or_build_index(points, IndexConfig(kind="ivf", nlist=32, nprobe=32), tmp_path)
+        assert "loaded" in caplog.text and sorted(tmp_path.iterdir()) == files  # nprobe is not part of the key
+    assert loaded.index.nprobe == 32 and loaded.nlist == 32
+    built.set_search(nprobe=32)
+    np.testing.assert_array_equal(loaded.search(queries).indices, built.search(queries).indices)
+    load_or_build_index(points, IndexConfig(kind="ivf", nlist=16), tmp_path)
+    moved = points.copy()
+    moved[0] += 1
+    load_or_build_index(moved, config, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 3  # other lists, other descriptors: other files
+    load_or_build_index(points, IndexConfig(kind="flat"), tmp_path)
+    assert len(list(tmp_path.iterdir())) == 3  # flat indexes are rebuilt, never cached
+
+
+def test_unreadable_index_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
+    points, queries = _data()
+    config = IndexConfig(kind="ivf", nlist=32, nprobe=32)
+    load_or_build_index(points, config, tmp_path)
+    cached = next(tmp_path.iterdir())
+    cached.write_bytes(cached.read_bytes()[:100])  # a run killed while another process was copying it
+    with caplog.at_level(logging.WARNING, logger="fuseloc.localize.index"):
+        index = load_or_build_index(points, config, tmp_path)
+    assert "unreadable" in caplog.text and str(cached) in caplog.text
+    _, idx = _brute_force(points, queries)
+    np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
+    assert cached.stat().st_size > 1000  # replaced by the rebuilt index
 
 
 def test_float16_map_searches_like_its_float32_widening():

@@ -201,8 +201,9 @@ def run_method(
     map_time = time.perf_counter() - t0
     stamp = {"map": fused_map.config.get("key"), "localizer": asdict(localizer_config),
              "queries": query_fingerprint(data.queries)}
-    return _localize_and_report(label, lambda: Localizer(fused_map, localizer_config, fusion), stamp, fused_map.nbytes(),
-                                fused_map.num_points, map_time, data, features, output_dir, progress)
+    return _localize_and_report(label, lambda: Localizer(fused_map, localizer_config, fusion, index_cache_dir=cache_dir),
+                                stamp, fused_map.nbytes(), fused_map.num_points, map_time, data, features, output_dir,
+                                progress)
 
 
 def run_hierarchical(

@@ -7,20 +7,34 @@ agreement, and on an Aachen-sized map (1.6M points) flat search is out of the qu
 
 Maps store float16 descriptors; every index here is built from float32 copies, because faiss' float16 storage
 (the scalar quantizer) skips BLAS and searches several times slower than float32 flat search.
+
+Building an IVF index over a large map takes a minute or more, so :func:`load_or_build_index` keeps built
+indexes on disk, keyed by the descriptors' digest and the build settings (search-time knobs such as ``nprobe``
+are not part of the key: they are applied after loading).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from fuseloc.io import atomic_path, config_hash
+
 logger = logging.getLogger(__name__)
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]
+
+#: Fields of :class:`IndexConfig` that only steer searching; changing them never needs a rebuild.
+SEARCH_ONLY_FIELDS = ("nprobe", "ef_search", "use_gpu", "flat_max_points", "kind")
+
+#: Cache file layout version; bump when what is written changes meaning.
+INDEX_CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -32,8 +46,12 @@ class IndexConfig:
             ``hnsw`` (graph), ``ivfpq`` (IVF with product-quantised codes: smallest, least exact), or ``auto``:
             flat up to ``flat_max_points`` points, IVF-Flat above.
         flat_max_points: the ``auto`` switch point.
-        nlist: IVF lists; 0 picks the power of two nearest to 4·sqrt(P).
+        nlist: IVF lists; 0 picks the power of two nearest to 16·sqrt(P), at most P/39.
         nprobe: IVF lists visited per query keypoint.
+        coarse_quantizer: how a vector finds its nearest lists: ``flat`` (exact) or ``hnsw`` (a graph over the
+            list centres: adding 1.6M points to 16k lists 4x faster, same agreement); ``auto`` takes ``hnsw``
+            from ``hnsw_quantizer_min_lists`` lists on, on the CPU.
+        hnsw_quantizer_min_lists: the ``auto`` switch point of ``coarse_quantizer``.
         train_points_per_list: k-means sample size per list when training the IVF quantiser.
         hnsw_m, ef_construction, ef_search: HNSW graph degree and beam widths.
         pq_m: product-quantiser sub-vectors for ``ivfpq``; 0 picks D/8.
@@ -43,11 +61,15 @@ class IndexConfig:
     """
 
     kind: IndexKind = "auto"
-    # Measured on the embedded town (10.5k points, benchmarks/bench_localization.py): IVF with nprobe 16 agrees
-    # with exact 1-NN on 99.9% of fused (96.9% of local-only) keypoints, keeps recall, and searches 5-8x faster.
+    # Measured on the embedded town (10.5k points, benchmarks/bench_localization.py): IVF agrees with exact 1-NN
+    # on 99.9% of fused (96.9% of local-only) keypoints at nprobe 16 of 256 lists, keeps recall, searches 5-8x faster.
     flat_max_points: int = 10_000
     nlist: int = 0
-    nprobe: int = 16
+    # Measured on 1.6M real RootSIFT descriptors (benchmarks/bench_index_scale.py --data strecha): 16384 lists,
+    # nprobe 64 agrees with exact 1-NN on ~97% of all query keypoints at ~20x the speed of flat search.
+    nprobe: int = 64
+    coarse_quantizer: Literal["auto", "flat", "hnsw"] = "auto"
+    hnsw_quantizer_min_lists: int = 8192
     train_points_per_list: int = 64
     hnsw_m: int = 32
     ef_construction: int = 40
@@ -65,9 +87,25 @@ class IndexConfig:
     def resolved_nlist(self, num_points: int) -> int:
         if self.nlist > 0:
             return self.nlist
-        nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(num_points, 1)), 1)))
+        nlist = 2 ** round(math.log2(max(16 * math.sqrt(max(num_points, 1)), 1)))
         # faiss wants ~39 training points per list; never let a small map ask for more lists than that allows.
         return int(max(1, min(nlist, num_points // 39)))
+
+    def resolved_quantizer(self, nlist: int) -> str:
+        if self.coarse_quantizer != "auto":
+            return self.coarse_quantizer
+        # GPU IVF indexes need a flat quantizer (the GPU searches it by brute force anyway).
+        return "hnsw" if nlist >= self.hnsw_quantizer_min_lists and not self.use_gpu else "flat"
+
+    def build_key(self, num_points: int, dim: int) -> dict:
+        """The settings that determine the built index (its cache key), with ``auto`` choices resolved."""
+        kind = self.resolved_kind(num_points)
+        key = {k: v for k, v in asdict(self).items() if k not in SEARCH_ONLY_FIELDS}
+        key.update(kind=kind, points=num_points, dim=dim)
+        if kind in ("ivf", "ivfpq"):
+            key["nlist"] = self.resolved_nlist(num_points)
+            key["coarse_quantizer"] = self.resolved_quantizer(key["nlist"])
+        return key
 
 
 @dataclass
@@ -84,6 +122,65 @@ def gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
+def _kmeans(data: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    import faiss
+
+    if k >= len(data):
+        return np.ascontiguousarray(data[:k], np.float32)
+    kmeans = faiss.Kmeans(data.shape[1], k, niter=niter, seed=seed, min_points_per_centroid=1,
+                          max_points_per_centroid=1 << 30)
+    kmeans.train(np.ascontiguousarray(data, np.float32))
+    return kmeans.centroids
+
+
+def _split_lists(sizes: np.ndarray, total: int) -> np.ndarray:
+    """Share ``total`` lists among groups proportionally to ``sizes`` (largest remainder), each in [1, size]."""
+    exact = sizes / sizes.sum() * total
+    counts = np.clip(np.floor(exact).astype(np.int64), 1, sizes)
+    while counts.sum() < total:
+        room = np.where(counts < sizes, exact - counts, -np.inf)
+        counts[int(np.argmax(room))] += 1
+    while counts.sum() > total:
+        spare = np.where(counts > 1, counts - exact, -np.inf)
+        counts[int(np.argmax(spare))] -= 1
+    return counts
+
+
+def train_coarse_centroids(sample: np.ndarray, nlist: int, niter: int = 10, seed: int = 0) -> np.ndarray:
+    """(nlist, D) IVF list centres from a training sample.
+
+    Up to 1024 lists this is plain k-means. Beyond, k-means with nlist centres over a sample of 64·nlist points
+    costs minutes (16384 lists at 128-D: about 27 TFLOP), so the sample is first split into sqrt(nlist) groups
+    and each group gets k-means with its proportional share of the lists: about sqrt(nlist) times cheaper, and
+    the lists only need to partition the space roughly evenly.
+    """
+    sample = np.ascontiguousarray(sample, np.float32)
+    if len(sample) < nlist:
+        raise ValueError(f"{nlist} IVF lists need at least {nlist} training points, got {len(sample)}")
+    if nlist <= 1024:
+        return _kmeans(sample, nlist, niter, seed)
+    import faiss
+
+    num_groups = int(round(math.sqrt(nlist)))
+    group_centres = _kmeans(sample, num_groups, niter, seed)
+    flat = faiss.IndexFlatL2(sample.shape[1])
+    flat.add(group_centres)
+    group = flat.search(sample, 1)[1][:, 0]
+    sizes = np.bincount(group, minlength=num_groups)
+    occupied = np.flatnonzero(sizes)
+    counts = _split_lists(sizes[occupied], nlist)
+    centres = [_kmeans(sample[group == g], int(c), niter, seed + 1 + int(g)) for g, c in zip(occupied, counts)]
+    return np.vstack(centres).astype(np.float32)
+
+
+def descriptors_digest(descriptors: np.ndarray) -> str:
+    """Content hash of a descriptor array (shape, dtype and bytes): the map part of an index cache key."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{descriptors.shape}{descriptors.dtype}".encode())
+    digest.update(memoryview(np.ascontiguousarray(descriptors)).cast("B"))
+    return digest.hexdigest()
+
+
 class MapIndex:
     """A faiss index over (P, D) descriptors, with the configuration it was built with.
 
@@ -93,67 +190,86 @@ class MapIndex:
     """
 
     def __init__(self, descriptors: np.ndarray, config: IndexConfig = IndexConfig()):
+        data = np.ascontiguousarray(descriptors, dtype=np.float32)
+        num_points, dim = data.shape
+        kind = config.resolved_kind(num_points)
+        nlist = config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0
+        index = self._build_cpu(data, config, kind, nlist)
+        self._attach(index, config, num_points, dim, kind, nlist)
+
+    @staticmethod
+    def _build_cpu(data: np.ndarray, config: IndexConfig, kind: str, nlist: int):  # noqa: ANN205 (faiss index)
         import faiss
 
-        self.config = config
-        data = np.ascontiguousarray(descriptors, dtype=np.float32)
-        self.num_points, self.dim = data.shape
-        self.kind = config.resolved_kind(self.num_points)
-        self.nlist = config.resolved_nlist(self.num_points) if self.kind in ("ivf", "ivfpq") else 0
-        if self.kind == "flat":
-            index = faiss.IndexFlatL2(self.dim)
-        elif self.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(self.dim, config.hnsw_m)
+        dim = data.shape[1]
+        if kind == "flat":
+            index = faiss.IndexFlatL2(dim)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, config.hnsw_m)
             index.hnsw.efConstruction = config.ef_construction
-        elif self.kind in ("ivf", "ivfpq"):
-            quantizer = faiss.IndexFlatL2(self.dim)
-            if self.kind == "ivf":
-                index = faiss.IndexIVFFlat(quantizer, self.dim, self.nlist)
+        elif kind in ("ivf", "ivfpq"):
+            if config.resolved_quantizer(nlist) == "hnsw":
+                quantizer = faiss.IndexHNSWFlat(dim, 32)
+                quantizer.hnsw.efConstruction = 80
             else:
-                pq_m = config.pq_m or max(1, self.dim // 8)
-                if self.dim % pq_m:
-                    raise ValueError(f"pq_m={pq_m} must divide the descriptor dimension {self.dim}")
-                index = faiss.IndexIVFPQ(quantizer, self.dim, self.nlist, pq_m, config.pq_bits)
-            index.cp.seed = config.seed
-            # 10 k-means iterations on a bounded sample: the lists only need to be roughly balanced, and the
-            # full-default training (25 iterations, 256 points per list) takes minutes on a 1.6M-point map.
-            index.cp.niter = 10
-            index.cp.max_points_per_centroid = max(config.train_points_per_list, 39)
-            sample = data
-            limit = self.nlist * max(config.train_points_per_list, 39)
-            if self.kind == "ivfpq":
+                quantizer = faiss.IndexFlatL2(dim)
+            if kind == "ivf":
+                index = faiss.IndexIVFFlat(quantizer, dim, nlist)
+            else:
+                pq_m = config.pq_m or max(1, dim // 8)
+                if dim % pq_m:
+                    raise ValueError(f"pq_m={pq_m} must divide the descriptor dimension {dim}")
+                index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, config.pq_bits)
+            per_list = max(config.train_points_per_list, 39)
+            limit = nlist * per_list
+            if kind == "ivfpq":
                 limit = max(limit, 39 * 2**config.pq_bits)  # each sub-quantiser's k-means needs its own sample
+            sample = data
             if len(data) > limit:
                 rng = np.random.default_rng(config.seed)
                 sample = data[np.sort(rng.choice(len(data), limit, replace=False))]
-            index.train(sample)
+            # 10 k-means iterations on a bounded sample: the lists only need to be roughly balanced.
+            quantizer.add(train_coarse_centroids(sample, nlist, niter=10, seed=config.seed))
+            index.train(sample)  # faiss keeps the given centres; IVF-PQ trains its codebooks here
         else:
-            raise ValueError(f"unknown index kind {self.kind!r} (auto, flat, ivf, hnsw, ivfpq)")
+            raise ValueError(f"unknown index kind {kind!r} (auto, flat, ivf, hnsw, ivfpq)")
+        index.add(data)
+        return index
+
+    def _attach(self, index, config: IndexConfig, num_points: int, dim: int, kind: str, nlist: int) -> None:  # noqa: ANN001
+        import faiss
+
+        self.config = config
+        self.num_points, self.dim, self.kind, self.nlist = num_points, dim, kind, nlist
+        self.cpu_index = index
         self.on_gpu = False
-        if config.use_gpu and self.kind != "hnsw" and gpu_available():
+        if config.use_gpu and kind != "hnsw" and gpu_available():
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
             self.on_gpu = True
         elif config.use_gpu:
             logger.warning("faiss GPU requested but %s; using the CPU index",
-                           "HNSW has no GPU version" if self.kind == "hnsw" else "no GPU is available")
-        index.add(data)
-        self._set_search_params(index)
+                           "HNSW has no GPU version" if kind == "hnsw" else "no GPU is available")
         self.index = index
-        logger.debug("built %s index over %d x %d descriptors%s", self.kind, self.num_points, self.dim,
-                     f" (nlist {self.nlist})" if self.nlist else "")
+        self._set_search_params()
+        logger.debug("%s index over %d x %d descriptors%s", kind, num_points, dim, f" (nlist {nlist})" if nlist else "")
 
-    def _set_search_params(self, index) -> None:  # noqa: ANN001 (faiss index)
+    def _set_search_params(self) -> None:
+        import faiss
+
         if self.kind in ("ivf", "ivfpq"):
-            index.nprobe = min(self.config.nprobe, self.nlist)
+            self.index.nprobe = min(self.config.nprobe, self.nlist)
+            if not self.on_gpu:
+                quantizer = faiss.downcast_index(self.index.quantizer)
+                if isinstance(quantizer, faiss.IndexHNSW):
+                    # The beam must be wider than the number of lists asked for, or some of them are missed.
+                    quantizer.hnsw.efSearch = max(64, 2 * self.index.nprobe)
         elif self.kind == "hnsw":
-            index.hnsw.efSearch = self.config.ef_search
+            self.index.hnsw.efSearch = self.config.ef_search
 
     def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change the search-time knobs (IVF lists visited, HNSW beam) without rebuilding the index."""
-        from dataclasses import replace
-
         self.config = replace(self.config, nprobe=nprobe or self.config.nprobe, ef_search=ef_search or self.config.ef_search)
-        self._set_search_params(self.index)
+        self._set_search_params()
 
     def search(self, queries: np.ndarray, k: int = 1) -> SearchResult:
         """k nearest map rows of each (Q, D) query descriptor; pass many keypoints (or images) at once."""
@@ -161,6 +277,34 @@ class MapIndex:
             return SearchResult(np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
         distances, indices = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return SearchResult(distances, indices)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the (CPU) index atomically with faiss' own format."""
+        import faiss
+
+        with atomic_path(path) as tmp:
+            faiss.write_index(self.cpu_index, str(tmp))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, config: IndexConfig, num_points: int, dim: int) -> MapIndex:
+        """Read an index written by :meth:`save`; ``config`` supplies the search-time settings.
+
+        Raises:
+            ValueError: the file does not hold an index of ``num_points`` x ``dim`` of the configured kind.
+        """
+        import faiss
+
+        index = faiss.read_index(str(path))
+        kind = config.resolved_kind(num_points)
+        nlist = config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0
+        found_nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0) if nlist else 0
+        if index.ntotal != num_points or index.d != dim or found_nlist != nlist:
+            raise ValueError(f"{path} holds {index.ntotal} x {index.d} (nlist {found_nlist}), "
+                             f"expected {num_points} x {dim} (nlist {nlist})")
+        self = cls.__new__(cls)
+        self._attach(index, config, num_points, dim, kind, nlist)
+        return self
 
     def nbytes(self) -> int:
         """Approximate resident bytes of the index (vectors or codes, ids, graph links, centroids)."""
@@ -170,21 +314,35 @@ class MapIndex:
         if self.kind == "hnsw":
             # Level 0 holds 2·M links per point; upper levels add about 1/M of that again.
             return 4 * p * d + 4 * p * 2 * self.config.hnsw_m * (1 + 1 / self.config.hnsw_m) + 8 * p
+        quantizer = 4 * self.nlist * d + (4 * self.nlist * 2 * 32 if self.config.resolved_quantizer(self.nlist) == "hnsw" else 0)
         if self.kind == "ivf":
-            return 4 * p * d + 8 * p + 4 * self.nlist * d
+            return 4 * p * d + 8 * p + quantizer
         pq_m = self.config.pq_m or max(1, d // 8)
-        return p * math.ceil(pq_m * self.config.pq_bits / 8) + 8 * p + 4 * self.nlist * d + 4 * 2**self.config.pq_bits * d
+        return p * math.ceil(pq_m * self.config.pq_bits / 8) + 8 * p + quantizer + 4 * 2**self.config.pq_bits * d
 
 
-def build_index(descriptors: np.ndarray, config: IndexConfig | None = None, use_gpu: bool = False) -> MapIndex:
-    """A :class:`MapIndex` over (P, D) descriptors (``use_gpu`` overrides ``config.use_gpu`` when True)."""
-    config = config or IndexConfig()
-    if use_gpu and not config.use_gpu:
-        from dataclasses import replace
+def load_or_build_index(descriptors: np.ndarray, config: IndexConfig = IndexConfig(),
+                        cache_dir: str | Path | None = None) -> MapIndex:
+    """A :class:`MapIndex`, read from ``cache_dir`` when an index of the same descriptors and build settings is
+    there, else built (and, for the approximate kinds, written there). Flat indexes are never cached: building
+    one is a copy. An unreadable cache file is rebuilt and replaced, with a warning.
+    """
+    num_points, dim = descriptors.shape
+    kind = config.resolved_kind(num_points)
+    if cache_dir is None or kind == "flat":
+        return MapIndex(descriptors, config)
+    key = config_hash({"version": INDEX_CACHE_VERSION, "descriptors": descriptors_digest(descriptors),
+                       "build": config.build_key(num_points, dim)}, length=12)
+    path = Path(cache_dir) / f"index-{kind}-{key}.faiss"
+    if path.is_file():
+        try:
+            index = MapIndex.load(path, config, num_points, dim)
+            logger.info("loaded %s index from %s", kind, path)
+            return index
+        except (RuntimeError, ValueError) as error:  # faiss raises RuntimeError on a truncated or foreign file
+            logger.warning("index cache %s is unreadable (%s); rebuilding it", path, str(error).splitlines()[0])
+    index = MapIndex(descriptors, config)
+    index.save(path)
+    logger.info("built %s index over %d points -> %s", kind, num_points, path)
+    return index
 
-        config = replace(config, use_gpu=True)
-    return MapIndex(descriptors, config)
-
-
-def search(index: MapIndex, queries: np.ndarray, k: int = 1) -> SearchResult:
-    return index.search(queries, k)

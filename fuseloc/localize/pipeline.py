@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from fuseloc.data.features import FeatureCache
 from fuseloc.data.scene import QuerySet
 from fuseloc.localize.fused_map import FusedMap
-from fuseloc.localize.index import IndexConfig, MapIndex, SearchResult
+from fuseloc.localize.index import IndexConfig, SearchResult, load_or_build_index
 from fuseloc.localize.pose import PnPConfig, estimate_absolute_pose
 from fuseloc.models.fusion import Fusion
 from fuseloc.types import Camera, Pose, PoseResult
@@ -58,14 +59,19 @@ class QueryMatches:
 
 
 class Localizer:
-    """Holds a fused map, its faiss index and the fusion, and localizes queries one by one."""
+    """Holds a fused map, its faiss index and the fusion, and localizes queries one by one.
 
-    def __init__(self, fused_map: FusedMap, config: LocalizerConfig = LocalizerConfig(), fusion: Fusion | None = None):
+    ``index_cache_dir``: keep built approximate indexes there (keyed by the map's descriptors and the build
+    settings), so a re-run over the same map loads instead of retraining.
+    """
+
+    def __init__(self, fused_map: FusedMap, config: LocalizerConfig = LocalizerConfig(), fusion: Fusion | None = None,
+                 index_cache_dir: str | Path | None = None):
         self.map = fused_map
         self.config = config
         self.fusion = (fusion if fusion is not None else fused_map.fusion()).eval()
         index_config = config.index if not config.use_gpu else replace(config.index, use_gpu=True)
-        self.index = MapIndex(fused_map.descriptors, index_config)
+        self.index = load_or_build_index(fused_map.descriptors, index_config, index_cache_dir)
         self.db_global = np.ascontiguousarray(fused_map.db_global, np.float32)
         self._xyz = np.ascontiguousarray(fused_map.xyz, np.float64)
 
