@@ -14,7 +14,9 @@ One "query" is a batch of ``--queries`` keypoint descriptors (one image). Map ki
   as a query image would be. At 512-D the same descriptors go through a fixed random orthonormal 128->512
   embedding plus isotropic noise (``--embed_noise``, norm relative to the unit descriptor), which keeps their
   structure and adds the cost of the wider vectors. "distinctive" keypoints pass Lowe's ratio test (0.8) on
-  the exact two nearest neighbours: the ones a matcher would keep.
+  the exact two nearest neighbours: the ones a matcher would keep. Since the map holds several views of each
+  photo, one surface point can have near-identical descriptors in the map; an index that returns another view's
+  copy counts as disagreeing, so the agreement here is, if anything, pessimistic.
 - ``random``: Gaussian points, the pessimistic case (no structure for an index to exploit).
 - ``clustered``: points around P/100 random centres. Beware: how well an IVF index agrees with exact search
   here depends on how its lists line up with those centres (16384 lists over 16000 centres: exact), so read it
@@ -109,12 +111,12 @@ def _random_view(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     angle = np.deg2rad(rng.uniform(-30, 30))
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     linear = scale * rotation @ np.diag([1.0, rng.uniform(0.6, 1.0)])
-    centre = np.array([w / 2, h / 2])
+    grow = max(scale, 1.0)
+    centre, canvas_centre = np.array([w / 2, h / 2]), np.array([w * grow / 2, h * grow / 2])
     homography = np.eye(3)
     homography[:2, :2] = linear
-    homography[:2, 2] = centre - linear @ centre
+    homography[:2, 2] = canvas_centre - linear @ centre
     homography[2, :2] = rng.uniform(-3e-4, 3e-4, 2)
-    grow = max(scale, 1.0)
     return cv2.warpPerspective(gray, homography, (int(w * grow), int(h * grow)))
 
 
@@ -182,7 +184,7 @@ def imbalance(index: MapIndex) -> float | None:
     """faiss' imbalance factor of an IVF index (1: equal lists; the search cost grows with it)."""
     import faiss
 
-    ivf = faiss.try_extract_index_ivf(index.cpu_index) if index.nlist else None
+    ivf = faiss.try_extract_index_ivf(index.cpu_index()) if index.nlist else None
     return round(float(ivf.invlists.imbalance_factor()), 2) if ivf is not None else None
 
 

@@ -1,6 +1,7 @@
 """faiss index kinds against brute-force numpy 1-NN on small known data; match filtering against naive loops."""
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -86,7 +87,10 @@ def test_nlist_never_exceeds_what_the_training_set_supports():
     config = IndexConfig(kind="ivf")
     assert config.resolved_nlist(1_600_000) == 16384 and config.resolved_quantizer(16384) == "hnsw"
     assert config.resolved_quantizer(4096) == "flat"
-    assert IndexConfig(use_gpu=True).resolved_quantizer(16384) == "flat"  # GPU IVF wants a flat quantizer
+    # GPU IVF wants a flat quantizer; without a GPU the request falls back to the CPU, where HNSW is faster.
+    assert IndexConfig(use_gpu=True).resolved_quantizer(16384) == ("flat" if gpu_available() else "hnsw")
+    assert [config.resolved_nprobe(n) for n in (8, 297, 4096, 16384, 65536)] == [8, 16, 32, 64, 128]
+    assert IndexConfig(nprobe=40).resolved_nprobe(16384) == 40 and IndexConfig(nprobe=40).resolved_nprobe(20) == 20
 
 
 @pytest.mark.parametrize("sizes,total", [([5, 1, 1], 4), ([100, 10, 1, 1], 50), ([3, 3, 3], 9), ([40, 2], 3)])
@@ -136,6 +140,43 @@ def test_index_cache_is_keyed_by_descriptors_and_build_settings_not_search_setti
     assert len(list(tmp_path.iterdir())) == 3  # other lists, other descriptors: other files
     load_or_build_index(points, IndexConfig(kind="flat"), tmp_path)
     assert len(list(tmp_path.iterdir())) == 3  # flat indexes are rebuilt, never cached
+
+
+def test_cached_index_of_another_kind_is_rejected_and_rebuilt(tmp_path, caplog):
+    points, _ = _data()
+    ivf = IndexConfig(kind="ivf", nlist=16, nprobe=16)
+    load_or_build_index(points, ivf, tmp_path)
+    cached = next(tmp_path.iterdir())
+    MapIndex(points, IndexConfig(kind="ivfpq", nlist=16, pq_m=8, pq_bits=6)).save(cached)  # same name, wrong content
+    with caplog.at_level(logging.WARNING, logger="fuseloc.localize.index"):
+        index = load_or_build_index(points, ivf, tmp_path)
+    assert "IndexIVFPQ" in caplog.text and "expected a IndexIVFFlat" in caplog.text
+    assert type(MapIndex.read_checked(cached, ivf, len(points), points.shape[1])).__name__ == "IndexIVFFlat"
+    assert index.kind == "ivf"
+
+
+def test_cache_write_failure_keeps_the_built_index(tmp_path, caplog, monkeypatch):
+    points, queries = _data()
+
+    def fail(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MapIndex, "save", fail)
+    with caplog.at_level(logging.WARNING, logger="fuseloc.localize.index"):
+        index = load_or_build_index(points, IndexConfig(kind="ivf", nlist=16, nprobe=16), tmp_path)
+    assert "could not cache" in caplog.text and "No space left" in caplog.text
+    _, idx = _brute_force(points, queries)
+    np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
+
+
+def test_cache_key_holds_only_what_shapes_the_index():
+    ivf = IndexConfig(kind="ivf", nlist=64)
+    assert ivf.build_key(1000, 8) == replace(ivf, nprobe=3, ef_search=9, hnsw_m=8, pq_m=4).build_key(1000, 8)
+    assert ivf.build_key(1000, 8) != replace(ivf, seed=1).build_key(1000, 8)
+    assert ivf.build_key(1000, 8) != replace(ivf, coarse_quantizer="hnsw").build_key(1000, 8)
+    hnsw = IndexConfig(kind="hnsw")
+    assert hnsw.build_key(1000, 8) == replace(hnsw, nlist=7, seed=4).build_key(1000, 8)
+    assert hnsw.build_key(1000, 8) != replace(hnsw, hnsw_m=16).build_key(1000, 8)
 
 
 def test_unreadable_index_cache_is_rebuilt_with_a_warning(tmp_path, caplog):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,11 +30,21 @@ logger = logging.getLogger(__name__)
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]
 
-#: Fields of :class:`IndexConfig` that only steer searching; changing them never needs a rebuild.
-SEARCH_ONLY_FIELDS = ("nprobe", "ef_search", "use_gpu", "flat_max_points", "kind")
+#: :class:`IndexConfig` fields that shape the built index, per kind (the cache key; ``auto`` values resolved).
+BUILD_FIELDS = {
+    "flat": (),
+    "hnsw": ("hnsw_m", "ef_construction"),
+    "ivf": ("train_points_per_list", "seed"),
+    "ivfpq": ("train_points_per_list", "seed", "pq_m", "pq_bits"),
+}
 
-#: Cache file layout version; bump when what is written changes meaning.
+#: Part of every cache key: bump it when a fixed build choice below changes (k-means iterations, the two-level
+#: switch at 1024 lists, the quantizer graph's degree 32 and construction beam 80, the sample sizes).
 INDEX_CACHE_VERSION = 1
+
+#: The graph over IVF list centres: degree and construction beam (fixed: they hardly matter for 16k centres).
+QUANTIZER_HNSW_M = 32
+QUANTIZER_EF_CONSTRUCTION = 80
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,8 @@ class IndexConfig:
             flat up to ``flat_max_points`` points, IVF-Flat above.
         flat_max_points: the ``auto`` switch point.
         nlist: IVF lists; 0 picks the power of two nearest to 16·sqrt(P), at most P/39.
-        nprobe: IVF lists visited per query keypoint.
+        nprobe: IVF lists visited per query keypoint; 0 picks max(16, sqrt(nlist)/2), 64 of 16384 lists on an
+            Aachen-sized map: big maps have finer lists, so a smaller share of them finds the nearest neighbour.
         coarse_quantizer: how a vector finds its nearest lists: ``flat`` (exact) or ``hnsw`` (a graph over the
             list centres: adding 1.6M points to 16k lists 4x faster, same agreement); ``auto`` takes ``hnsw``
             from ``hnsw_quantizer_min_lists`` lists on, on the CPU.
@@ -65,9 +76,10 @@ class IndexConfig:
     # on 99.9% of fused (96.9% of local-only) keypoints at nprobe 16 of 256 lists, keeps recall, searches 5-8x faster.
     flat_max_points: int = 10_000
     nlist: int = 0
-    # Measured on 1.6M real RootSIFT descriptors (benchmarks/bench_index_scale.py --data strecha): 16384 lists,
-    # nprobe 64 agrees with exact 1-NN on ~97% of all query keypoints at ~20x the speed of flat search.
-    nprobe: int = 64
+    # Measured (benchmarks/bench_index_scale.py, bench_localization.py): on 1.6M real RootSIFT descriptors 64 of
+    # 16384 lists agree with exact 1-NN on 96.5% of all query keypoints at 16x the speed of flat search; on the
+    # town (11.6k points) 16 of ~300 lists keep recall, and 64 would triple the search time for nothing.
+    nprobe: int = 0
     coarse_quantizer: Literal["auto", "flat", "hnsw"] = "auto"
     hnsw_quantizer_min_lists: int = 8192
     train_points_per_list: int = 64
@@ -91,17 +103,25 @@ class IndexConfig:
         # faiss wants ~39 training points per list; never let a small map ask for more lists than that allows.
         return int(max(1, min(nlist, num_points // 39)))
 
+    def resolved_nprobe(self, nlist: int) -> int:
+        nprobe = self.nprobe if self.nprobe > 0 else max(16, round(math.sqrt(nlist) / 2))
+        return int(min(nprobe, nlist))
+
     def resolved_quantizer(self, nlist: int) -> str:
+        # faiss' GPU IVF indexes copy their quantizer to the GPU, which only works for a flat one (and the GPU
+        # searches the list centres by brute force anyway).
+        on_gpu = self.use_gpu and gpu_available()
+        if self.coarse_quantizer == "hnsw" and on_gpu:
+            raise ValueError("coarse_quantizer='hnsw' cannot go to the GPU: use 'flat' or 'auto' with use_gpu")
         if self.coarse_quantizer != "auto":
             return self.coarse_quantizer
-        # GPU IVF indexes need a flat quantizer (the GPU searches it by brute force anyway).
-        return "hnsw" if nlist >= self.hnsw_quantizer_min_lists and not self.use_gpu else "flat"
+        return "hnsw" if nlist >= self.hnsw_quantizer_min_lists and not on_gpu else "flat"
 
     def build_key(self, num_points: int, dim: int) -> dict:
         """The settings that determine the built index (its cache key), with ``auto`` choices resolved."""
         kind = self.resolved_kind(num_points)
-        key = {k: v for k, v in asdict(self).items() if k not in SEARCH_ONLY_FIELDS}
-        key.update(kind=kind, points=num_points, dim=dim)
+        key = {"kind": kind, "points": num_points, "dim": dim}
+        key.update({name: getattr(self, name) for name in BUILD_FIELDS.get(kind, ())})
         if kind in ("ivf", "ivfpq"):
             key["nlist"] = self.resolved_nlist(num_points)
             key["coarse_quantizer"] = self.resolved_quantizer(key["nlist"])
@@ -194,11 +214,13 @@ class MapIndex:
         num_points, dim = data.shape
         kind = config.resolved_kind(num_points)
         nlist = config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0
-        index = self._build_cpu(data, config, kind, nlist)
-        self._attach(index, config, num_points, dim, kind, nlist)
+        self._attach(self._trained_cpu_index(data, config, kind, nlist), config, num_points, dim, kind, nlist)
+        # Adding after the move to the GPU lets the GPU assign points to lists, and keeps one copy of the data.
+        self.index.add(data)
 
     @staticmethod
-    def _build_cpu(data: np.ndarray, config: IndexConfig, kind: str, nlist: int):  # noqa: ANN205 (faiss index)
+    def _trained_cpu_index(data: np.ndarray, config: IndexConfig, kind: str, nlist: int):  # noqa: ANN205 (faiss index)
+        """An empty CPU index of ``kind``, trained on a sample of ``data`` where the kind needs training."""
         import faiss
 
         dim = data.shape[1]
@@ -209,8 +231,8 @@ class MapIndex:
             index.hnsw.efConstruction = config.ef_construction
         elif kind in ("ivf", "ivfpq"):
             if config.resolved_quantizer(nlist) == "hnsw":
-                quantizer = faiss.IndexHNSWFlat(dim, 32)
-                quantizer.hnsw.efConstruction = 80
+                quantizer = faiss.IndexHNSWFlat(dim, QUANTIZER_HNSW_M)
+                quantizer.hnsw.efConstruction = QUANTIZER_EF_CONSTRUCTION
             else:
                 quantizer = faiss.IndexFlatL2(dim)
             if kind == "ivf":
@@ -233,7 +255,6 @@ class MapIndex:
             index.train(sample)  # faiss keeps the given centres; IVF-PQ trains its codebooks here
         else:
             raise ValueError(f"unknown index kind {kind!r} (auto, flat, ivf, hnsw, ivfpq)")
-        index.add(data)
         return index
 
     def _attach(self, index, config: IndexConfig, num_points: int, dim: int, kind: str, nlist: int) -> None:  # noqa: ANN001
@@ -241,7 +262,6 @@ class MapIndex:
 
         self.config = config
         self.num_points, self.dim, self.kind, self.nlist = num_points, dim, kind, nlist
-        self.cpu_index = index
         self.on_gpu = False
         if config.use_gpu and kind != "hnsw" and gpu_available():
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
@@ -257,7 +277,7 @@ class MapIndex:
         import faiss
 
         if self.kind in ("ivf", "ivfpq"):
-            self.index.nprobe = min(self.config.nprobe, self.nlist)
+            self.index.nprobe = self.config.resolved_nprobe(self.nlist)
             if not self.on_gpu:
                 quantizer = faiss.downcast_index(self.index.quantizer)
                 if isinstance(quantizer, faiss.IndexHNSW):
@@ -278,32 +298,47 @@ class MapIndex:
         distances, indices = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return SearchResult(distances, indices)
 
+    def cpu_index(self):  # noqa: ANN201 (faiss index)
+        """The index in host memory (a copy when it lives on the GPU)."""
+        import faiss
+
+        return faiss.index_gpu_to_cpu(self.index) if self.on_gpu else self.index
+
     def save(self, path: str | Path) -> Path:
-        """Write the (CPU) index atomically with faiss' own format."""
+        """Write the index atomically with faiss' own format."""
         import faiss
 
         with atomic_path(path) as tmp:
-            faiss.write_index(self.cpu_index, str(tmp))
+            faiss.write_index(self.cpu_index(), str(tmp))
         return Path(path)
 
-    @classmethod
-    def load(cls, path: str | Path, config: IndexConfig, num_points: int, dim: int) -> MapIndex:
-        """Read an index written by :meth:`save`; ``config`` supplies the search-time settings.
+    @staticmethod
+    def read_checked(path: str | Path, config: IndexConfig, num_points: int, dim: int):  # noqa: ANN205 (faiss index)
+        """The CPU index in ``path``, checked to be what ``config`` builds over ``num_points`` x ``dim``.
 
         Raises:
-            ValueError: the file does not hold an index of ``num_points`` x ``dim`` of the configured kind.
+            ValueError: it holds another kind, size, dimension or number of lists.
+            RuntimeError: faiss cannot read the file (truncated, foreign).
         """
         import faiss
 
-        index = faiss.read_index(str(path))
+        index = faiss.read_index(str(path))  # already of its concrete class; owns its quantizer
         kind = config.resolved_kind(num_points)
         nlist = config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0
-        found_nlist = getattr(faiss.try_extract_index_ivf(index), "nlist", 0) if nlist else 0
-        if index.ntotal != num_points or index.d != dim or found_nlist != nlist:
-            raise ValueError(f"{path} holds {index.ntotal} x {index.d} (nlist {found_nlist}), "
-                             f"expected {num_points} x {dim} (nlist {nlist})")
+        expected = {"flat": faiss.IndexFlatL2, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat,
+                    "ivfpq": faiss.IndexIVFPQ}[kind]
+        found_nlist = getattr(index, "nlist", 0)
+        if not isinstance(index, expected) or index.ntotal != num_points or index.d != dim or found_nlist != nlist:
+            raise ValueError(f"{path} holds a {type(index).__name__} of {index.ntotal} x {index.d} (nlist {found_nlist}), "
+                             f"expected a {expected.__name__} of {num_points} x {dim} (nlist {nlist})")
+        return index
+
+    @classmethod
+    def from_faiss(cls, index, config: IndexConfig, num_points: int, dim: int) -> MapIndex:  # noqa: ANN001
+        """Wrap a filled CPU faiss index (from :meth:`read_checked`); moves it to the GPU if ``config`` asks."""
         self = cls.__new__(cls)
-        self._attach(index, config, num_points, dim, kind, nlist)
+        kind = config.resolved_kind(num_points)
+        self._attach(index, config, num_points, dim, kind, config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0)
         return self
 
     def nbytes(self) -> int:
@@ -314,11 +349,15 @@ class MapIndex:
         if self.kind == "hnsw":
             # Level 0 holds 2·M links per point; upper levels add about 1/M of that again.
             return 4 * p * d + 4 * p * 2 * self.config.hnsw_m * (1 + 1 / self.config.hnsw_m) + 8 * p
-        quantizer = 4 * self.nlist * d + (4 * self.nlist * 2 * 32 if self.config.resolved_quantizer(self.nlist) == "hnsw" else 0)
+        links = 4 * self.nlist * 2 * QUANTIZER_HNSW_M if self.config.resolved_quantizer(self.nlist) == "hnsw" else 0
+        quantizer = 4 * self.nlist * d + links
         if self.kind == "ivf":
             return 4 * p * d + 8 * p + quantizer
         pq_m = self.config.pq_m or max(1, d // 8)
-        return p * math.ceil(pq_m * self.config.pq_bits / 8) + 8 * p + quantizer + 4 * 2**self.config.pq_bits * d
+        # faiss precomputes a term of the list-to-code distances per (list, sub-vector, code) when under 2 GB.
+        table = 4 * self.nlist * pq_m * 2**self.config.pq_bits
+        return (p * math.ceil(pq_m * self.config.pq_bits / 8) + 8 * p + quantizer + 4 * 2**self.config.pq_bits * d
+                + (table if table < 2**31 else 0))
 
 
 def load_or_build_index(descriptors: np.ndarray, config: IndexConfig = IndexConfig(),
@@ -336,13 +375,16 @@ def load_or_build_index(descriptors: np.ndarray, config: IndexConfig = IndexConf
     path = Path(cache_dir) / f"index-{kind}-{key}.faiss"
     if path.is_file():
         try:
-            index = MapIndex.load(path, config, num_points, dim)
-            logger.info("loaded %s index from %s", kind, path)
-            return index
+            index = MapIndex.read_checked(path, config, num_points, dim)
         except (RuntimeError, ValueError) as error:  # faiss raises RuntimeError on a truncated or foreign file
             logger.warning("index cache %s is unreadable (%s); rebuilding it", path, str(error).splitlines()[0])
+        else:
+            logger.info("loaded %s index from %s", kind, path)
+            return MapIndex.from_faiss(index, config, num_points, dim)
     index = MapIndex(descriptors, config)
-    index.save(path)
-    logger.info("built %s index over %d points -> %s", kind, num_points, path)
+    try:
+        index.save(path)
+        logger.info("built %s index over %d points -> %s", kind, num_points, path)
+    except OSError as error:  # a full disk or read-only cache costs a rebuild next time, not this run
+        logger.warning("could not cache the %s index in %s: %s", kind, path, error)
     return index
-
