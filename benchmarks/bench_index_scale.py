@@ -201,7 +201,7 @@ def bench_kind(points: np.ndarray, queries: np.ndarray, subset: np.ndarray, conf
     for setting in search_settings or [{}]:
         index.set_search(**setting)
         seconds, nn = time_search(index.search, queries, repeats)
-        row = {"kind": index.kind, "nlist": index.nlist, "nprobe": index.config.nprobe if index.nlist else None,
+        row = {"kind": index.kind, "nlist": index.nlist, "nprobe": index.config.resolved_nprobe(index.nlist) if index.nlist else None,
                "ef_search": index.config.ef_search if index.kind == "hnsw" else None, "gpu": index.on_gpu,
                "build_s": build, "search_ms": 1e3 * seconds, "rss_added_mb": added / 1e6,
                "nbytes_mb": index.nbytes() / 1e6, "imbalance": imbalance(index)}

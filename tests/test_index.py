@@ -116,8 +116,11 @@ def test_two_level_training_gives_every_list_a_centre_and_exact_search_when_all_
 def test_hnsw_coarse_quantizer_is_exact_when_every_list_is_visited():
     points, queries = _data()
     _, idx = _brute_force(points, queries)
-    index = MapIndex(points, IndexConfig(kind="ivf", nlist=32, nprobe=32, coarse_quantizer="hnsw"))
+    index = MapIndex(points, IndexConfig(kind="ivf", nlist=40, nprobe=40, coarse_quantizer="hnsw"))
     np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
+    assert index._hnsw_quantizer().hnsw.efSearch == 80  # the search beam again after the narrow-beam add
+    index.set_search(nprobe=10)
+    assert index._hnsw_quantizer().hnsw.efSearch == 64
 
 
 def test_index_cache_is_keyed_by_descriptors_and_build_settings_not_search_settings(tmp_path, caplog):

@@ -124,6 +124,13 @@ def _run_cli(tmp_path: Path, name: str, *extra: str) -> dict:
     return json.loads((log_dir / "validation" / "epoch_000.json").read_text())
 
 
+def test_cli_last_checkpoint_is_the_latest_epoch_not_the_best(tmp_path):
+    _run_cli(tmp_path, "two_epochs", "--trainer.max_epochs", "2")  # lr 0: the score never improves after epoch 0
+    checkpoints = tmp_path / "two_epochs" / "logs" / "run" / "version_0" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert [p.name for p in checkpoints.glob("best-*.ckpt")] == ["best-epoch=00.ckpt"]
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_give_the_single_process_validation(tmp_path):
     """lr = 0 keeps the weights at their deterministic PCA start, so any difference would come from sharding."""

@@ -216,7 +216,21 @@ class MapIndex:
         nlist = config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0
         self._attach(self._trained_cpu_index(data, config, kind, nlist), config, num_points, dim, kind, nlist)
         # Adding after the move to the GPU lets the GPU assign points to lists, and keeps one copy of the data.
+        quantizer = self._hnsw_quantizer()
+        if quantizer is not None:
+            # A point goes to its one nearest list, which a narrow beam finds: the search beam (wide enough for
+            # nprobe lists) made adding 1.6M points 3x slower for no measurable change in agreement.
+            quantizer.hnsw.efSearch = 16
         self.index.add(data)
+        self._set_search_params()
+
+    def _hnsw_quantizer(self):  # noqa: ANN202 (faiss index or None)
+        import faiss
+
+        if self.kind not in ("ivf", "ivfpq") or self.on_gpu:
+            return None
+        quantizer = faiss.downcast_index(self.index.quantizer)
+        return quantizer if isinstance(quantizer, faiss.IndexHNSW) else None
 
     @staticmethod
     def _trained_cpu_index(data: np.ndarray, config: IndexConfig, kind: str, nlist: int):  # noqa: ANN205 (faiss index)
@@ -274,15 +288,12 @@ class MapIndex:
         logger.debug("%s index over %d x %d descriptors%s", kind, num_points, dim, f" (nlist {nlist})" if nlist else "")
 
     def _set_search_params(self) -> None:
-        import faiss
-
         if self.kind in ("ivf", "ivfpq"):
             self.index.nprobe = self.config.resolved_nprobe(self.nlist)
-            if not self.on_gpu:
-                quantizer = faiss.downcast_index(self.index.quantizer)
-                if isinstance(quantizer, faiss.IndexHNSW):
-                    # The beam must be wider than the number of lists asked for, or some of them are missed.
-                    quantizer.hnsw.efSearch = max(64, 2 * self.index.nprobe)
+            quantizer = self._hnsw_quantizer()
+            if quantizer is not None:
+                # The beam must be wider than the number of lists asked for, or some of them are missed.
+                quantizer.hnsw.efSearch = max(64, 2 * self.index.nprobe)
         elif self.kind == "hnsw":
             self.index.hnsw.efSearch = self.config.ef_search
 
