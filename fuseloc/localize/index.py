@@ -77,7 +77,7 @@ class IndexConfig:
     flat_max_points: int = 10_000
     nlist: int = 0
     # Measured (benchmarks/bench_index_scale.py, bench_localization.py): on 1.6M real RootSIFT descriptors 64 of
-    # 16384 lists agree with exact 1-NN on 96.5% of all query keypoints at 16x the speed of flat search; on the
+    # 16384 lists agree with exact 1-NN on 96.3% of all query keypoints at 20x the speed of flat search; on the
     # town (11.6k points) 16 of ~300 lists keep recall, and 64 would triple the search time for nothing.
     nprobe: int = 0
     coarse_quantizer: Literal["auto", "flat", "hnsw"] = "auto"
