@@ -21,6 +21,7 @@ from fuseloc.data.readers.base import (
     BenchmarkSpec,
     DatasetReader,
     LocalizationData,
+    check_images_exist,
     resolve_root,
 )
 from fuseloc.data.readers.generic import read_query_list
@@ -31,13 +32,6 @@ logger = logging.getLogger(__name__)
 
 DAY_LIST = "queries/day_time_queries_with_intrinsics.txt"
 NIGHT_LISTS = ("queries/night_time_queries_with_intrinsics_v1_1.txt", "queries/night_time_queries_with_intrinsics.txt")
-
-
-def check_images_exist(image_root: Path, names: list[str], source: Path, what: str) -> None:
-    """Fail on the first listed image missing under ``image_root``, naming the file that listed it."""
-    for name in names:
-        if not (image_root / name).is_file():
-            raise InputError(f"{what} image {name!r} not found under {image_root}", source)
 
 
 class AachenDayNight(DatasetReader):

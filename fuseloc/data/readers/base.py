@@ -112,3 +112,10 @@ def resolve_root(root: str | Path | None, default_name: str) -> Path:
     if "$" in expanded:
         raise InputError(f"dataset root {str(root)!r} uses an environment variable that is not set")
     return Path(expanded)
+
+
+def check_images_exist(image_root: Path, names: list[str], source: Path, what: str) -> None:
+    """Fail on the first listed image missing under ``image_root``, naming the file that listed it."""
+    for name in names:
+        if not (image_root / name).is_file():
+            raise InputError(f"{what} image {name!r} not found under {image_root}", source)

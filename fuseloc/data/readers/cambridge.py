@@ -23,8 +23,13 @@ from typing import Literal
 
 import numpy as np
 
-from fuseloc.data.readers.aachen import check_images_exist
-from fuseloc.data.readers.base import BenchmarkSpec, DatasetReader, LocalizationData, resolve_root
+from fuseloc.data.readers.base import (
+    BenchmarkSpec,
+    DatasetReader,
+    LocalizationData,
+    check_images_exist,
+    resolve_root,
+)
 from fuseloc.data.readers.colmap_model import read_model
 from fuseloc.data.readers.generic import read_image_list
 from fuseloc.data.readers.nvm import read_nvm

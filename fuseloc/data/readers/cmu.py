@@ -22,12 +22,12 @@ from typing import Literal
 
 import numpy as np
 
-from fuseloc.data.readers.aachen import check_images_exist
 from fuseloc.data.readers.base import (
     STANDARD_THRESHOLDS,
     BenchmarkSpec,
     DatasetReader,
     LocalizationData,
+    check_images_exist,
     resolve_root,
 )
 from fuseloc.data.readers.generic import read_pose_list
