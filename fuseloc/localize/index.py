@@ -97,6 +97,9 @@ class IndexConfig:
         return "flat" if num_points <= self.flat_max_points else "ivf"
 
     def resolved_nlist(self, num_points: int) -> int:
+        """IVF lists of the index over ``num_points`` points (0 for the kinds without lists)."""
+        if self.resolved_kind(num_points) not in ("ivf", "ivfpq"):
+            return 0
         if self.nlist > 0:
             return self.nlist
         nlist = 2 ** round(math.log2(max(16 * math.sqrt(max(num_points, 1)), 1)))
@@ -213,8 +216,7 @@ class MapIndex:
         data = np.ascontiguousarray(descriptors, dtype=np.float32)
         num_points, dim = data.shape
         kind = config.resolved_kind(num_points)
-        nlist = config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0
-        self._attach(self._trained_cpu_index(data, config, kind, nlist), config, num_points, dim, kind, nlist)
+        self._attach(self._trained_cpu_index(data, config, kind, config.resolved_nlist(num_points)), config, num_points, dim)
         # Adding after the move to the GPU lets the GPU assign points to lists, and keeps one copy of the data.
         quantizer = self._hnsw_quantizer()
         if quantizer is not None:
@@ -271,21 +273,23 @@ class MapIndex:
             raise ValueError(f"unknown index kind {kind!r} (auto, flat, ivf, hnsw, ivfpq)")
         return index
 
-    def _attach(self, index, config: IndexConfig, num_points: int, dim: int, kind: str, nlist: int) -> None:  # noqa: ANN001
+    def _attach(self, index, config: IndexConfig, num_points: int, dim: int) -> None:  # noqa: ANN001
         import faiss
 
         self.config = config
-        self.num_points, self.dim, self.kind, self.nlist = num_points, dim, kind, nlist
+        self.num_points, self.dim = num_points, dim
+        self.kind, self.nlist = config.resolved_kind(num_points), config.resolved_nlist(num_points)
         self.on_gpu = False
-        if config.use_gpu and kind != "hnsw" and gpu_available():
+        if config.use_gpu and self.kind != "hnsw" and gpu_available():
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
             self.on_gpu = True
         elif config.use_gpu:
             logger.warning("faiss GPU requested but %s; using the CPU index",
-                           "HNSW has no GPU version" if kind == "hnsw" else "no GPU is available")
+                           "HNSW has no GPU version" if self.kind == "hnsw" else "no GPU is available")
         self.index = index
         self._set_search_params()
-        logger.debug("%s index over %d x %d descriptors%s", kind, num_points, dim, f" (nlist {nlist})" if nlist else "")
+        logger.debug("%s index over %d x %d descriptors%s", self.kind, num_points, dim,
+                     f" (nlist {self.nlist})" if self.nlist else "")
 
     def _set_search_params(self) -> None:
         if self.kind in ("ivf", "ivfpq"):
@@ -335,7 +339,7 @@ class MapIndex:
 
         index = faiss.read_index(str(path))  # already of its concrete class; owns its quantizer
         kind = config.resolved_kind(num_points)
-        nlist = config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0
+        nlist = config.resolved_nlist(num_points)
         expected = {"flat": faiss.IndexFlatL2, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat,
                     "ivfpq": faiss.IndexIVFPQ}[kind]
         found_nlist = getattr(index, "nlist", 0)
@@ -348,8 +352,7 @@ class MapIndex:
     def from_faiss(cls, index, config: IndexConfig, num_points: int, dim: int) -> MapIndex:  # noqa: ANN001
         """Wrap a filled CPU faiss index (from :meth:`read_checked`); moves it to the GPU if ``config`` asks."""
         self = cls.__new__(cls)
-        kind = config.resolved_kind(num_points)
-        self._attach(index, config, num_points, dim, kind, config.resolved_nlist(num_points) if kind in ("ivf", "ivfpq") else 0)
+        self._attach(index, config, num_points, dim)
         return self
 
     def nbytes(self) -> int:
