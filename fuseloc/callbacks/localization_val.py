@@ -35,7 +35,7 @@ from fuseloc.eval.plots import recall_curve
 from fuseloc.eval.runner import evaluate_results, result_to_record
 from fuseloc.io import write_json_atomic
 from fuseloc.localize.fused_map import build_fused_map
-from fuseloc.localize.pipeline import Localizer, LocalizerConfig, localize_queries
+from fuseloc.localize.pipeline import Localizer, LocalizerConfig
 from fuseloc.localize.pose import estimate_absolute_pose
 from fuseloc.types import Camera, Pose, PoseResult
 
@@ -104,11 +104,13 @@ class LocalizationValidation(pl.Callback):
         localizer = Localizer(fused_map, self.localizer, fusion)
         rank, world = trainer.global_rank, trainer.world_size
         mine = vs.queries.subset(list(range(rank, len(vs.queries), world)))
-        results = localize_queries(localizer, mine, cache, progress=False)
-        stats = {}
+        results, stats = {}, {}
+        # One match per query serves both the pose and the share of correct matches.
         for name, camera, gt in zip(mine.names, mine.cameras, mine.gt_poses, strict=True):
-            local = cache.local(name)
-            matches = localizer.match(local.descriptors, local.keypoints, cache.global_descriptor(name), {})
+            local, global_desc = cache.local(name), cache.global_descriptor(name)
+            timings: dict[str, float] = {}
+            matches = localizer.match(local.descriptors, local.keypoints, global_desc, timings)
+            results[name] = localizer.pose_from_matches(matches, camera, global_desc, timings, len(local.keypoints))
             ok = correct_matches(matches.p2d, fused_map.xyz[matches.point_index], camera, gt, self.correct_match_px)
             stats[name] = MatchStats(len(ok), int(ok.sum()))
         if world > 1:

@@ -100,9 +100,14 @@ class Localizer:
     def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult:
         timings: dict[str, float] = {}
         matches = self.match(local_desc, keypoints, global_desc, timings)
+        return self.pose_from_matches(matches, camera, global_desc, timings, num_keypoints=len(keypoints))
+
+    def pose_from_matches(self, matches: QueryMatches, camera: Camera, global_desc: np.ndarray,
+                          timings: dict[str, float], num_keypoints: int) -> PoseResult:
+        """The second half of :meth:`localize`, for callers that also inspect the matches."""
         return solve_pose(matches.p2d, self._xyz[matches.point_index], matches.distances, camera, self.config.pnp,
                           self.config.min_inliers,
-                          lambda: self.fallback_pose(self.nearest_database_image(global_desc)), timings, num_keypoints=len(keypoints))
+                          lambda: self.fallback_pose(self.nearest_database_image(global_desc)), timings, num_keypoints)
 
 
 def solve_pose(
