@@ -57,11 +57,15 @@ def query_fingerprint(queries: QuerySet) -> str:
     return config_hash([queries.names, [c.to_tokens() for c in queries.cameras]])
 
 
+def map_inputs(scene: Scene, features: PreparedFeatures) -> dict:
+    """What any map of ``scene`` is built from (features and scene content): the shared part of map cache keys."""
+    return {"local": features.local_tag, "global": features.global_tag, "points": scene.num_points,
+            "obs": len(scene.obs_point), "images": config_hash(scene.image_names), "scene": scene_fingerprint(scene)}
+
+
 def prepare_map(scene: Scene, features: PreparedFeatures, fusion: Fusion, cache_dir: Path, progress: bool = True) -> FusedMap:
     """Build (or load) the fused map of ``scene`` for a fitted ``fusion``."""
-    key = config_hash({"fusion": fusion_fingerprint(fusion), "local": features.local_tag, "global": features.global_tag,
-                       "points": scene.num_points, "obs": len(scene.obs_point), "images": config_hash(scene.image_names),
-                       "scene": scene_fingerprint(scene)})
+    key = config_hash({"fusion": fusion_fingerprint(fusion), **map_inputs(scene, features)})
     path = cache_dir / f"map-{key}.h5"
     if path.is_file():
         logger.info("loading fused map %s", path)
@@ -219,9 +223,7 @@ def run_hierarchical(
     t0 = time.perf_counter()
     hmap = build_hierarchical_map(scene, features.cache, feature_tag=features.local_tag, progress=progress)
     map_time = time.perf_counter() - t0
-    stamp = {"map": config_hash({"local": features.local_tag, "global": features.global_tag, "points": scene.num_points,
-                                 "obs": len(scene.obs_point), "images": config_hash(scene.image_names),
-                                 **hmap.config}),
+    stamp = {"map": config_hash({**map_inputs(scene, features), **hmap.config}),
              "hierarchical": asdict(config), "queries": query_fingerprint(data.queries)}
     return _localize_and_report(label, lambda: HierarchicalLocalizer(hmap, config), stamp, hmap.nbytes(), hmap.num_points,
                                 map_time, data, features, output_dir, progress)
