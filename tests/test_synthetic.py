@@ -14,6 +14,7 @@ import pytest
 
 from fuseloc.data import synthetic
 from fuseloc.data.synthetic import TownConfig, default_scene_dir, generate_town
+from fuseloc.types import qvec_to_rotmat
 
 TINY = TownConfig(
     image_width=160,
@@ -48,7 +49,7 @@ def _read_poses(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for line in (root / "gt_poses.txt").read_text().splitlines():
         tok = line.split()
         poses[tok[0]] = ([float(v) for v in tok[1:5]], [float(v) for v in tok[5:8]])
-    return {n: (synthetic.matrix_from_quaternion(q), np.array(t)) for n, (q, t) in poses.items()}
+    return {n: (qvec_to_rotmat(q), np.array(t)) for n, (q, t) in poses.items()}
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from fuseloc.io import config_hash
+from fuseloc.types import qvec_to_rotmat
 
 logger = logging.getLogger(__name__)
 
@@ -534,23 +535,11 @@ def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
     return -q if q[0] < 0 else q
 
 
-def matrix_from_quaternion(q: Sequence[float]) -> np.ndarray:
-    """Rotation matrix of a Hamilton quaternion (w, x, y, z); the quaternion is normalised first."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 @dataclass(frozen=True)
 class View:
     """A camera to render: image name (relative to ``images/``), world-to-camera pose, condition.
 
-    ``qvec`` is (w, x, y, z); the renderer uses exactly ``matrix_from_quaternion(qvec)`` and ``tvec`` so the
+    ``qvec`` is (w, x, y, z); the renderer uses exactly ``qvec_to_rotmat(qvec)`` and ``tvec`` so the
     written pose and the pixels agree to floating-point precision.
     """
 
@@ -562,7 +551,7 @@ class View:
 
     @property
     def R(self) -> np.ndarray:
-        return matrix_from_quaternion(self.qvec)
+        return qvec_to_rotmat(self.qvec)
 
     @property
     def t(self) -> np.ndarray:
@@ -575,7 +564,7 @@ class View:
 
 def _make_view(name: str, center: np.ndarray, R: np.ndarray, condition: str, index: int) -> View:
     q = quaternion_from_matrix(R)
-    R_exact = matrix_from_quaternion(q)
+    R_exact = qvec_to_rotmat(q)
     t = -R_exact @ np.asarray(center, dtype=np.float64)
     qvec = (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
     return View(name, qvec, (float(t[0]), float(t[1]), float(t[2])), condition, index)

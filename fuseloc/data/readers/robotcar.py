@@ -28,6 +28,7 @@ from fuseloc.data.readers.base import (
     BenchmarkSpec,
     DatasetReader,
     LocalizationData,
+    check_images_exist,
     resolve_root,
 )
 from fuseloc.data.readers.nvm import read_nvm
@@ -193,9 +194,7 @@ class RobotCarSeasons(DatasetReader):
             cameras.append(self._camera(root, parts[1], nvm_path))
         scene = model.to_scene(names, cameras, image_root=image_root)
         if self.check_images:
-            for name in scene.image_names:
-                if not (image_root / name).is_file():
-                    raise InputError(f"database image {name!r} not found under {image_root}", nvm_path)
+            check_images_exist(image_root, scene.image_names, nvm_path, "database")
         train = self.read_train_list(root) if (root / self.train_list).is_file() else None
         if self.queries == "train":
             if train is None:
