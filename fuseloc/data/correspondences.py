@@ -158,13 +158,11 @@ class CorrespondenceBatches(torch.utils.data.IterableDataset):
     them, so no process waits on another. Each new iteration (epoch) draws new batches.
     """
 
-    def __init__(self, corr: Correspondences, confusers: np.ndarray, config: BatchConfig = BatchConfig(),  # noqa: B008
-                 fixed_epoch: int | None = None):
+    def __init__(self, corr: Correspondences, confusers: np.ndarray, config: BatchConfig = BatchConfig()):  # noqa: B008
         super().__init__()
         self.corr = corr
         self.confusers = confusers
         self.config = config
-        self.fixed_epoch = fixed_epoch
         self.epoch = 0
         counts = corr.observations_per_point()
         self.anchor_points = np.flatnonzero(counts >= 2)
@@ -178,10 +176,8 @@ class CorrespondenceBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):  # noqa: ANN204
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-        epoch = self.fixed_epoch if self.fixed_epoch is not None else self.epoch
-        if self.fixed_epoch is None:
-            self.epoch += 1
-        rng = np.random.default_rng([self.config.seed, epoch, rank])
+        rng = np.random.default_rng([self.config.seed, self.epoch, rank])
+        self.epoch += 1
         for _ in range(self.config.batches_per_epoch):
             yield self.sample(rng)
 

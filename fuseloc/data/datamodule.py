@@ -199,10 +199,9 @@ class FuseLocDataModule(pl.LightningDataModule):
         self.validation_set = ValidationSet(scene, features, val_queries, data.spec, source)
         logger.info("validation on %d %s queries of %s", len(val_queries), source, data.spec.name)
         self._train = CorrespondenceBatches(self.correspondences, self.confusers, self.batches)
-        val_sampler = CorrespondenceBatches(self.correspondences, self.confusers, self.batches)
         # A fixed set, identical in every process (Lightning shards it under DDP).
         rng = np.random.default_rng([self.batches.seed, 1_000_003])
-        self._val_batches = [val_sampler.sample(rng) for _ in range(self.val_loss_batches)]
+        self._val_batches = [self._train.sample(rng) for _ in range(self.val_loss_batches)]
 
     def fit_fusion(self, fusion) -> None:  # noqa: ANN001 (a fuseloc.models.fusion.Fusion)
         """Data-driven initialisation of a fusion (PCA) from the training images' global descriptors."""

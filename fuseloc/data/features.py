@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -672,8 +671,3 @@ def check_feature_file(path: str | Path, names: Sequence[str], kind: str = "loca
                          f"first missing: {shown}", path)
     stat = path.stat()
     return f"{path.stem}-{config_hash([str(path.resolve()), stat.st_size, stat.st_mtime_ns])}"
-
-
-def cache_dir() -> Path:
-    """Where fuseloc keeps caches: ``$FUSELOC_CACHE`` or ``~/.cache/fuseloc``."""
-    return Path(os.environ.get("FUSELOC_CACHE", Path.home() / ".cache" / "fuseloc"))
