@@ -57,9 +57,9 @@ class NvmModel:
     def rotations(self) -> np.ndarray:
         return np.stack([qvec_to_rotmat(q) for q in self.qvecs]).reshape(-1, 3, 3)
 
-    def translations(self) -> np.ndarray:
-        """(N, 3) world-to-camera translations ``t = -R C``."""
-        return -np.einsum("nij,nj->ni", self.rotations(), self.centers)
+    def translations(self, rotations: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) world-to-camera translations ``t = -R C`` (``rotations``: :meth:`rotations`, if already at hand)."""
+        return -np.einsum("nij,nj->ni", self.rotations() if rotations is None else rotations, self.centers)
 
     def to_scene(self, names: list[str], cameras: list[Camera], keep: np.ndarray | None = None,
                  image_root: Path | None = None) -> Scene:
@@ -73,11 +73,12 @@ class NvmModel:
         keep = np.ones(self.num_cameras, bool) if keep is None else np.asarray(keep, bool)
         half = np.array([[c.width / 2.0, c.height / 2.0] for c in cameras], np.float32).reshape(-1, 2)
         obs_xy = self.obs_xy_centered + half[self.obs_image] if len(self.obs_image) else self.obs_xy_centered
+        rotations = self.rotations()
         full = Scene(
             image_names=list(names),
             image_cameras=list(cameras),
-            R_cam_from_world=self.rotations(),
-            t_cam_from_world=self.translations().reshape(-1, 3),
+            R_cam_from_world=rotations,
+            t_cam_from_world=self.translations(rotations).reshape(-1, 3),
             points_xyz=self.points_xyz,
             obs_image=self.obs_image,
             obs_point=self.obs_point,
