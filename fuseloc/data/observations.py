@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -46,6 +47,22 @@ def associate_by_radius(keypoints: np.ndarray, obs_xy: np.ndarray, radius: float
     return np.where(np.isfinite(dist), idx, -1).astype(np.int64)
 
 
+def associate_image(scene: Scene, image_index: int, obs: np.ndarray, keypoints: np.ndarray,
+                    association: Literal["index", "radius"], radius: float, source: Path | str) -> np.ndarray:
+    """Keypoint row (-1: none) of each of the observations ``obs`` of database image ``image_index``.
+
+    Raises:
+        InputError: (``index``) an observation names a keypoint beyond those cached in ``source``.
+    """
+    if association == "radius":
+        return associate_by_radius(keypoints, scene.obs_xy[obs], radius)
+    kp = scene.obs_keypoint[obs].astype(np.int64)
+    if kp.max(initial=-1) >= len(keypoints):
+        raise InputError(f"image {scene.image_names[image_index]!r}: observation keypoint index beyond the "
+                         f"{len(keypoints)} cached keypoints (map made with other features?)", source)
+    return kp
+
+
 def iter_image_observations(
     scene: Scene,
     features: FeatureCache,
@@ -69,12 +86,6 @@ def iter_image_observations(
         if len(obs) == 0:
             continue
         local = features.local(scene.image_names[i])
-        if association == "index":
-            kp = scene.obs_keypoint[obs].astype(np.int64)
-            if kp.max(initial=-1) >= len(local.keypoints):
-                raise InputError(f"image {scene.image_names[i]!r}: observation keypoint index beyond the "
-                                 f"{len(local.keypoints)} cached keypoints (map made with other features?)", features.local_path)
-        else:
-            kp = associate_by_radius(local.keypoints, scene.obs_xy[obs], radius)
+        kp = associate_image(scene, i, obs, local.keypoints, association, radius, features.local_path)
         ok = kp >= 0
         yield ImageObservations(i, local.descriptors[kp[ok]].astype(np.float32), scene.obs_point[obs[ok]].astype(np.int64))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fuseloc.data.features import FeatureCache
-from fuseloc.data.observations import associate_by_radius, iter_image_observations, resolve_association  # noqa: F401 (re-export)
+from fuseloc.data.observations import iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.io import atomic_path

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fuseloc.data.features import FeatureCache
-from fuseloc.data.observations import associate_by_radius
+from fuseloc.data.observations import associate_image, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.localize.pipeline import solve_pose
@@ -108,8 +108,7 @@ def build_hierarchical_map(
 
     if scene.num_points == 0:
         raise InputError("the reference model has no 3D points; triangulate it first (fuseloc builds it from posed images)")
-    if association == "auto":
-        association = "index" if scene.keypoint_source and scene.keypoint_source == feature_tag else "radius"
+    association = resolve_association(scene, association, feature_tag)
     order = np.argsort(scene.obs_image, kind="stable")
     bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
     keypoints, descriptors, lifts, sizes = [], [], [], []
@@ -118,14 +117,7 @@ def build_hierarchical_map(
         obs = order[bounds[i] : bounds[i + 1]]
         lift = np.full(len(local.keypoints), -1, np.int32)
         if len(obs):
-            if association == "index":
-                kp = scene.obs_keypoint[obs].astype(np.int64)
-                if kp.max(initial=-1) >= len(local.keypoints):
-                    raise InputError(f"image {scene.image_names[i]!r}: observation keypoint index beyond the "
-                                     f"{len(local.keypoints)} cached keypoints (map made with other features?)",
-                                     features.local_path)
-            else:
-                kp = associate_by_radius(local.keypoints, scene.obs_xy[obs], radius)
+            kp = associate_image(scene, i, obs, local.keypoints, association, radius, features.local_path)
             ok = kp >= 0
             lift[kp[ok]] = scene.obs_point[obs[ok]]
         keep = lift >= 0 if triangulated_only else slice(None)
