@@ -25,10 +25,10 @@ from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
 from fuseloc.eval.metrics import pose_errors, summarize
 from fuseloc.io import config_hash, write_json_atomic, write_text_atomic
-from fuseloc.localize.fused_map import FusedMap, build_fused_map, fusion_class_path, fusion_init_args
+from fuseloc.localize.fused_map import FusedMap, build_fused_map
 from fuseloc.localize.hierarchical import HierarchicalConfig, HierarchicalLocalizer, build_hierarchical_map
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, QueryLocalizer, localize_queries
-from fuseloc.models.fusion import Fusion
+from fuseloc.models.fusion import Fusion, fusion_class_path, fusion_init_args
 from fuseloc.types import Pose, PoseResult
 
 logger = logging.getLogger(__name__)

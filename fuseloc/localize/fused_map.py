@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import json
 import logging
 from dataclasses import dataclass, field
@@ -19,30 +17,11 @@ from fuseloc.data.observations import iter_image_observations, resolve_associati
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.io import atomic_path
-from fuseloc.models.fusion import Fusion
+from fuseloc.models.fusion import Fusion, fusion_class_path, fusion_init_args, instantiate_fusion
 
 logger = logging.getLogger(__name__)
 
 MAP_FORMAT_VERSION = 1
-
-
-def fusion_init_args(fusion: Fusion) -> dict:
-    """Constructor arguments of a fusion, read back from its same-named attributes."""
-    params = inspect.signature(type(fusion).__init__).parameters
-    return {name: getattr(fusion, name) for name in params if name != "self" and hasattr(fusion, name)}
-
-
-def fusion_class_path(fusion: Fusion) -> str:
-    return f"{type(fusion).__module__}.{type(fusion).__qualname__}"
-
-
-def instantiate_fusion(class_path: str, init_args: dict, state: dict[str, np.ndarray] | None = None) -> Fusion:
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    fusion = cls(**init_args)
-    if state is not None:
-        fusion.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
-    return fusion.eval()
 
 
 @dataclass

@@ -6,6 +6,8 @@ per-keypoint step (:meth:`Fusion.fuse`), so a learned fusion costs the same at q
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 from typing import Literal
 
@@ -261,3 +263,27 @@ class LearnedFusion(Fusion):
         local = local_desc @ self.local_projection if self.project_local else local_desc
         fused = (self.lam * self.local_gate()) * local + reduced_global
         return nn.functional.normalize(fused, dim=-1) if self.normalize_output else fused
+
+
+def fusion_init_args(fusion: Fusion) -> dict:
+    """Constructor arguments of a fusion, read back from its same-named attributes."""
+    params = inspect.signature(type(fusion).__init__).parameters
+    return {name: getattr(fusion, name) for name in params if name != "self" and hasattr(fusion, name)}
+
+
+def fusion_class_path(fusion: Fusion) -> str:
+    return f"{type(fusion).__module__}.{type(fusion).__qualname__}"
+
+
+def fusion_class(class_path: str) -> type[Fusion]:
+    """The class named by ``class_path`` (raises ImportError or AttributeError when there is none)."""
+    module_name, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def instantiate_fusion(class_path: str, init_args: dict, state: dict[str, np.ndarray] | None = None) -> Fusion:
+    """A fusion from its class path, constructor arguments and (optionally) state, in eval mode."""
+    fusion = fusion_class(class_path)(**init_args)
+    if state is not None:
+        fusion.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    return fusion.eval()

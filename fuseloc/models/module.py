@@ -7,8 +7,6 @@ It knows nothing about datasets: batches are dicts with the keys of
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from torch import Tensor
 
 from fuseloc.data.correspondences import BATCH_KEYS
 from fuseloc.errors import InputError
-from fuseloc.models.fusion import Fusion, LearnedFusion
+from fuseloc.models.fusion import Fusion, LearnedFusion, fusion_class, fusion_class_path, fusion_init_args
 from fuseloc.models.losses import LossOutput, MetricLoss
 
 logger = logging.getLogger(__name__)
@@ -104,9 +102,7 @@ class FuseLocModule(pl.LightningModule):
 
 def fusion_spec(fusion: Fusion) -> dict:
     """Class path, constructor arguments (read back from same-named attributes) and state of a fusion."""
-    params = inspect.signature(type(fusion).__init__).parameters
-    init_args = {name: getattr(fusion, name) for name in params if name != "self" and hasattr(fusion, name)}
-    return {"class_path": f"{type(fusion).__module__}.{type(fusion).__qualname__}", "init_args": init_args,
+    return {"class_path": fusion_class_path(fusion), "init_args": fusion_init_args(fusion),
             "state_dict": {k: v.detach().cpu().clone() for k, v in fusion.state_dict().items()}}
 
 
@@ -122,9 +118,8 @@ def load_fusion_from_checkpoint(path: str | Path) -> Fusion:
     spec = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if spec is None:
         raise InputError(f"not a fuseloc training checkpoint (no {CHECKPOINT_KEY!r} entry)", path)
-    module_name, _, class_name = spec["class_path"].rpartition(".")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = fusion_class(spec["class_path"])
     except (ImportError, AttributeError):
         raise InputError(f"checkpoint fusion class {spec['class_path']!r} not found", path) from None
     fusion = cls(**spec["init_args"])
