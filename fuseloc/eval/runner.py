@@ -258,15 +258,21 @@ def _localize_and_report(
         new = localize_queries(localizer, data.queries, features.cache, skip=set(done), on_result=log, progress=progress)
     finally:
         log.close()
-    results = {**done, **new}
-    summary = evaluate_results(results, data.queries, data.spec)
-    timings = timing_summary(results)
-    timings["map_build_total"] = map_time
-    write_submission(method_dir / "submission.txt", results, data.queries, data.spec)
-    write_json_atomic(method_dir / "summary.json", {"method": label, "benchmark": data.spec.name, "metrics": summary,
-                                                    "timings_median_s": timings, "map_bytes": map_bytes,
-                                                    "num_points": num_points,
-                                                    "failed": sorted(n for n, r in results.items() if not r.success)})
+    return write_outcome(method_dir, label, {**done, **new}, data.queries, data.spec, map_bytes, num_points,
+                         extra_timings={"map_build_total": map_time})
+
+
+def write_outcome(method_dir: Path, label: str, results: dict[str, PoseResult], queries: QuerySet, spec: BenchmarkSpec,
+                  map_bytes: int, num_points: int, extra_timings: dict[str, float] | None = None,
+                  extra_summary: dict | None = None) -> MethodOutcome:
+    """Evaluate one method's results and write its ``submission.txt`` and ``summary.json``."""
+    summary = evaluate_results(results, queries, spec)
+    timings = {**timing_summary(results), **(extra_timings or {})}
+    write_submission(method_dir / "submission.txt", results, queries, spec)
+    write_json_atomic(method_dir / "summary.json", {
+        "method": label, "benchmark": spec.name, "metrics": summary, "timings_median_s": timings,
+        **(extra_summary or {}), "map_bytes": map_bytes, "num_points": num_points,
+        "failed": sorted(n for n, r in results.items() if not r.success)})
     return MethodOutcome(label, results, summary, timings, map_bytes, num_points, method_dir)
 
 
@@ -287,17 +293,9 @@ def merge_part_outcomes(per_part: Sequence[Sequence[MethodOutcome]], parts: Sequ
     for outcomes in zip(*per_part):
         label = outcomes[0].label
         results = {name: r for o in outcomes for name, r in o.results.items()}
-        summary = evaluate_results(results, queries, spec)
-        timings = timing_summary(results)
-        method_dir = bench_dir / label
-        write_submission(method_dir / "submission.txt", results, queries, spec)
-        write_json_atomic(method_dir / "summary.json", {
-            "method": label, "benchmark": spec.name, "metrics": summary, "timings_median_s": timings,
-            "parts": {p.part: o.summary for p, o in zip(parts, outcomes)},
-            "map_bytes": sum(o.map_bytes for o in outcomes), "num_points": sum(o.num_points for o in outcomes),
-            "failed": sorted(n for n, r in results.items() if not r.success)})
-        merged.append(MethodOutcome(label, results, summary, timings, sum(o.map_bytes for o in outcomes),
-                                    sum(o.num_points for o in outcomes), method_dir))
+        merged.append(write_outcome(bench_dir / label, label, results, queries, spec, sum(o.map_bytes for o in outcomes),
+                                    sum(o.num_points for o in outcomes),
+                                    extra_summary={"parts": {p.part: o.summary for p, o in zip(parts, outcomes)}}))
     return merged
 
 
