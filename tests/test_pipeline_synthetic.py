@@ -95,3 +95,19 @@ def test_failed_query_gets_fallback_pose(tmp_path):
     for r in results.values():
         assert not r.success and "inliers" in r.reason
         assert any(np.allclose(r.pose.t, t) for t in toy.scene.t_cam_from_world)
+
+
+@pytest.mark.parametrize("association", ["index", "radius"])
+def test_map_fused_from_training_correspondences_equals_the_map_read_from_the_cache(tmp_path, association):
+    from fuseloc.data.correspondences import gather_correspondences
+
+    toy = make_toy_scene(tmp_path)
+    cache = FeatureCache(toy.local_path, toy.global_path)
+    fusion = FixedFusion(32, 16, lam=0.5)
+    fusion.fit(cache.global_descriptors(toy.scene.image_names))
+    corr = gather_correspondences(toy.scene, cache, "toy", association=association)
+    read = build_fused_map(toy.scene, cache, fusion, association=association, feature_tag="toy", progress=False)
+    reused = build_fused_map(toy.scene, cache, fusion, association=association, feature_tag="toy", progress=False,
+                             observations=corr.iter_images())
+    np.testing.assert_array_equal(reused.descriptors, read.descriptors)
+    np.testing.assert_array_equal(reused.xyz, read.xyz)

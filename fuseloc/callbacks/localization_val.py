@@ -100,7 +100,9 @@ class LocalizationValidation(pl.Callback):
         was_training = fusion.training
         fusion.eval()
         cache = vs.features.cache
-        fused_map = build_fused_map(vs.scene, cache, fusion, feature_tag=vs.features.local_tag, progress=False)
+        observations = vs.correspondences.iter_images() if vs.correspondences is not None else None
+        fused_map = build_fused_map(vs.scene, cache, fusion, feature_tag=vs.features.local_tag, progress=False,
+                                    observations=observations)
         localizer = Localizer(fused_map, self.localizer, fusion)
         rank, world = trainer.global_rank, trainer.world_size
         mine = vs.queries.subset(list(range(rank, len(vs.queries), world)))

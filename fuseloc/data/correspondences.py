@@ -9,6 +9,7 @@ separate; uniform sampling would almost never put both in one batch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from fuseloc.data.features import FeatureCache
-from fuseloc.data.observations import iter_image_observations, resolve_association
+from fuseloc.data.observations import ImageObservations, iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 
@@ -55,6 +56,12 @@ class Correspondences:
     @property
     def num_observations(self) -> int:
         return len(self.obs_point)
+
+    def iter_images(self) -> Iterator[ImageObservations]:
+        """The observations again per database image, as :func:`iter_image_observations` yielded them."""
+        starts = np.flatnonzero(np.r_[True, self.obs_image[1:] != self.obs_image[:-1]])
+        for start, stop in zip(starts, np.r_[starts[1:], len(self.obs_image)]):
+            yield ImageObservations(int(self.obs_image[start]), self.local[start:stop], self.obs_point[start:stop])
 
     def observations_per_point(self) -> np.ndarray:
         return np.bincount(self.obs_point, minlength=len(self.points_xyz))

@@ -55,6 +55,8 @@ class ValidationSet:
         queries: validation queries with ground-truth poses.
         spec: benchmark rules (thresholds, splits) and name.
         source: ``reader`` (the dataset's own validation queries) or ``holdout`` (held-out database images).
+        correspondences: the scene's observations tied to their descriptors, when already gathered for training
+            (the validation map is then fused from them instead of re-reading the database features).
     """
 
     scene: Scene
@@ -62,6 +64,7 @@ class ValidationSet:
     queries: QuerySet
     spec: BenchmarkSpec
     source: str
+    correspondences: Correspondences | None = None
 
 
 def holdout_queries(scene: Scene, every: int, offset: int = 0) -> tuple[np.ndarray, QuerySet]:
@@ -196,7 +199,7 @@ class FuseLocDataModule(pl.LightningDataModule):
                 features = PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
         self.correspondences = gather_correspondences(scene, features.cache, features.local_tag)
         self.confusers = mine_confusers(self.correspondences, self.confuser_neighbors, self.confuser_min_distance)
-        self.validation_set = ValidationSet(scene, features, val_queries, data.spec, source)
+        self.validation_set = ValidationSet(scene, features, val_queries, data.spec, source, self.correspondences)
         logger.info("validation on %d %s queries of %s", len(val_queries), source, data.spec.name)
         self._train = CorrespondenceBatches(self.correspondences, self.confusers, self.batches)
         # A fixed set, identical in every process (Lightning shards it under DDP).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from fuseloc.data.features import FeatureCache
-from fuseloc.data.observations import iter_image_observations, resolve_association
+from fuseloc.data.observations import ImageObservations, iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.io import atomic_path
@@ -121,6 +122,7 @@ def build_fused_map(
     radius: float = 5.0,
     config: dict | None = None,
     progress: bool = True,
+    observations: Iterable[ImageObservations] | None = None,
 ) -> FusedMap:
     """Fuse every observation of every point and average per point.
 
@@ -134,6 +136,9 @@ def build_fused_map(
         feature_tag: tag of the local features in ``features``.
         radius: association radius in pixels.
         config: recorded in the map.
+        observations: the associated observations per image when already at hand (training keeps them as
+            :class:`~fuseloc.data.correspondences.Correspondences`), instead of reading every database image's
+            features again; they must come from the same scene, association and radius.
     """
     if scene.num_points == 0:
         raise InputError("the reference model has no 3D points; triangulate it first (fuseloc builds it from posed images)")
@@ -144,7 +149,9 @@ def build_fused_map(
     reduced = fusion.reduce_global(torch.from_numpy(db_global))
     sums = np.zeros((scene.num_points, fusion.out_dim), np.float64)
     counts = np.zeros(scene.num_points, np.int64)
-    for observed in iter_image_observations(scene, features, association, radius, "fusing map" if progress else None):
+    if observations is None:
+        observations = iter_image_observations(scene, features, association, radius, "fusing map" if progress else None)
+    for observed in observations:
         if len(observed.points) == 0:
             continue
         i = observed.image_index
