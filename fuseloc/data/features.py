@@ -217,18 +217,18 @@ def read_local(handle: h5py.File, name: str, path: Path | str = "") -> LocalFeat
     return LocalFeatures(keypoints, descriptors, scores, size)
 
 
+def _feature_groups(handle: h5py.File, keys: tuple[str, ...] = ("keypoints", "global_descriptor")) -> list[str]:
+    """Paths of the groups holding an image's features (any of ``keys``), at any depth (hloc nests by folder)."""
+    groups: list[str] = []
+    handle.visititems(lambda name, obj: groups.append(name) if isinstance(obj, h5py.Group)
+                      and any(key in obj for key in keys) else None)
+    return groups
+
+
 def _complete_names(handle: h5py.File) -> set[str]:
-    names: set[str] = set()
     # hloc's files carry no completion mark, ours always do: only there may a missing mark mean "interrupted".
     default = "fuseloc_config" not in handle.attrs
-
-    def visit(name: str, obj: h5py.HLObject) -> None:
-        if isinstance(obj, h5py.Group) and ("keypoints" in obj or "global_descriptor" in obj):
-            if obj.attrs.get("complete", default):
-                names.add(name)
-
-    handle.visititems(visit)
-    return names
+    return {name for name in _feature_groups(handle) if handle[name].attrs.get("complete", default)}
 
 
 #: Root attribute set while a process appends to a cache and removed when it finishes cleanly: a file that
@@ -244,9 +244,7 @@ _LIBVER = ("v108", "latest")
 def _repair(handle: h5py.File, path: Path) -> int:
     """Drop the groups an interrupted writer left unmarked or unreadable; returns how many survived."""
     t0 = time.perf_counter()
-    groups: list[str] = []
-    handle.visititems(lambda name, obj: groups.append(name) if isinstance(obj, h5py.Group)
-                      and ("keypoints" in obj or "global_descriptor" in obj) else None)
+    groups = _feature_groups(handle)
     dropped = 0
     marked = "fuseloc_config" in handle.attrs  # else a foreign (hloc) file we appended to: its groups have no marks
     for name in groups:
@@ -656,14 +654,8 @@ def check_feature_file(path: str | Path, names: Sequence[str], kind: str = "loca
         handle = h5py.File(path, "r")
     except OSError:
         raise InputError("not a readable HDF5 feature file", path) from None
-    present: set[str] = set()
     with handle:
-
-        def visit(name: str, obj: h5py.HLObject) -> None:
-            if isinstance(obj, h5py.Group) and key in obj and obj.attrs.get("complete", True):
-                present.add(name)
-
-        handle.visititems(visit)
+        present = {name for name in _feature_groups(handle, (key,)) if handle[name].attrs.get("complete", True)}
     missing = [n for n in names if n not in present]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:5])
