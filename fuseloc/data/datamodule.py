@@ -159,15 +159,16 @@ class FuseLocDataModule(pl.LightningDataModule):
     def _prepare(self) -> tuple[LocalizationData, PreparedFeatures, Scene, QuerySet, str]:
         data = self.dataset.load()
         cache_dir = self.output_dir / data.spec.name / "cache"
-        if data.validation is not None and self.validation == "auto":
+        use_reader_validation = self.validation == "auto" and data.validation is not None
+        if use_reader_validation:
+            if not data.validation.has_ground_truth:
+                raise InputError("the reader's validation queries have no ground-truth poses", data.root)
             # Validation images evaluate.py never sees; same files (the VLAD key depends on the database only).
             prepare_features(LocalizationData(data.scene, data.validation, data.spec, data.root), self.local_features,
                              self.global_features, cache_dir, progress=False).cache.close()
         # Features (and the VLAD vocabulary) exactly as evaluate.py makes them, over all database images.
         features = prepare_features(data, self.local_features, self.global_features, cache_dir, progress=False)
-        if self.validation == "auto" and data.validation is not None:
-            if not data.validation.has_ground_truth:
-                raise InputError("the reader's validation queries have no ground-truth poses", data.root)
+        if use_reader_validation:
             train_data, val_queries, source = data, data.validation, "reader"
         else:
             held, val_queries = holdout_queries(data.scene, self.holdout_every, self.holdout_offset)
