@@ -30,8 +30,7 @@ import numpy as np
 import torch
 
 from fuseloc.data.features import read_image
-from fuseloc.eval.metrics import pose_errors
-from fuseloc.eval.plots import recall_curve
+from fuseloc.eval.plots import condition_recall_curve
 from fuseloc.eval.runner import evaluate_results, result_to_record
 from fuseloc.io import write_json_atomic
 from fuseloc.localize.fused_map import build_fused_map
@@ -173,10 +172,9 @@ class LocalizationValidation(pl.Callback):
         fig, ax = plt.subplots(figsize=(5, 4))
         conditions = sorted(set(vs.queries.conditions))
         for condition in conditions:
-            errs = np.array([pose_errors(results[n].pose if n in results else None, gt)
-                             for n, gt, c in zip(vs.queries.names, vs.queries.gt_poses, vs.queries.conditions, strict=True) if c == condition])
-            if len(errs):
-                ax.plot(thresholds, recall_curve(errs[:, 0], errs[:, 1], thresholds), label=condition)
+            curve = condition_recall_curve(results, vs.queries, condition, thresholds)
+            if curve is not None:
+                ax.plot(thresholds, curve, label=condition)
         ax.set_xscale("log")
         ax.set_xlabel("translation threshold (m); rotation = max(2°, 10°/m)")
         ax.set_ylabel("recall (%)")

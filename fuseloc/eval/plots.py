@@ -17,6 +17,13 @@ def recall_curve(errors_t: np.ndarray, errors_r: np.ndarray, thresholds_m: np.nd
     return np.array([100.0 * np.mean((errors_t <= t) & (errors_r <= max(t * deg_per_m, 2.0))) for t in thresholds_m])
 
 
+def condition_recall_curve(results: dict, queries: QuerySet, condition: str, thresholds_m: np.ndarray) -> np.ndarray | None:
+    """:func:`recall_curve` over the queries of one condition that have ground truth (None if there are none)."""
+    errs = np.array([pose_errors(results[n].pose if n in results else None, gt)
+                     for n, gt, c in zip(queries.names, queries.gt_poses, queries.conditions) if c == condition and gt is not None])
+    return recall_curve(errs[:, 0], errs[:, 1], thresholds_m) if len(errs) else None
+
+
 def plot_recall_curves(outcomes: Sequence, queries: QuerySet, path: Path) -> Path:
     """Plot recall vs translation threshold per method and condition; writes a PNG atomically."""
     import matplotlib
@@ -29,10 +36,9 @@ def plot_recall_curves(outcomes: Sequence, queries: QuerySet, path: Path) -> Pat
     fig, axes = plt.subplots(1, len(conditions), figsize=(5 * len(conditions), 4), squeeze=False)
     for ax, condition in zip(axes[0], conditions):
         for o in outcomes:
-            errs = np.array([pose_errors(o.results[n].pose if n in o.results else None, gt)
-                             for n, gt, c in zip(queries.names, queries.gt_poses, queries.conditions) if c == condition and gt is not None])
-            if len(errs):
-                ax.plot(thresholds, recall_curve(errs[:, 0], errs[:, 1], thresholds), label=o.label)
+            curve = condition_recall_curve(o.results, queries, condition, thresholds)
+            if curve is not None:
+                ax.plot(thresholds, curve, label=o.label)
         ax.set_xscale("log")
         ax.set_xlabel("translation threshold (m); rotation threshold = max(2°, 10°/m)")
         ax.set_ylabel("recall (%)")
