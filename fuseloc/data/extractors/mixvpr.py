@@ -1,9 +1,13 @@
 """MixVPR (Ali-bey et al., WACV 2023): ResNet50 cut after layer3, feature-mixer MLPs; weights supplied.
 
-State-dict names follow the authors' Lightning checkpoints (``resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt``):
-``backbone.model.<torchvision resnet key>`` and ``aggregator.mix.<i>.mix.{0,1,3}``, ``aggregator.channel_proj``,
-``aggregator.row_proj``, under ``state_dict``. ⚠ Written from the paper and the released names, not checked
-against a real file here.
+Release files (github.com/amaralibey/MixVPR, Google Drive links in its README):
+``resnet50_MixVPR_{dim}_channels({out_channels})_rows({out_rows}).ckpt`` for 4096 (1024 x 4), 512 (256 x 2) and
+128 (64 x 2) dimensions. Despite the ``.ckpt`` suffix the README loads them with
+``model.load_state_dict(torch.load(path))``: a bare state dict of the authors' ``VPRModel`` with
+``backbone.model.<torchvision resnet50 key>`` (conv1, bn1, layer1..layer3; avgpool, fc and layer4 are removed)
+and ``aggregator.mix.<i>.mix.{0,1,3}``, ``aggregator.channel_proj``, ``aggregator.row_proj``. A Lightning
+training checkpoint of the same model (the state dict under ``state_dict``) loads too. Input: 320 x 320, ImageNet
+normalisation (the README's ``demo.py``).
 """
 
 from __future__ import annotations

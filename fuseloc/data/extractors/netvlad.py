@@ -1,10 +1,17 @@
 """NetVLAD (Arandjelović et al., CVPR 2016): VGG16 conv5_3 features, soft-assigned VLAD; weights supplied.
 
-State-dict names follow the PyTorch re-implementation most checkpoints come from (Nanne/pytorch-NetVlad):
-``encoder.<i>.weight`` for VGG16 ``features[:29]`` (conv5_3 without its ReLU) and ``pool.conv.weight``,
-``pool.centroids`` for the NetVLAD layer; its ``.pth.tar`` files wrap them under ``state_dict``.
-⚠ Not checked against a real file here (none can be downloaded). hloc's MATLAB-converted Pitts30k model
-(with PCA whitening) is a different format and does not load.
+Weights: the checkpoint of Nanne/pytorch-NetVlad (VGG16, 64 clusters, Pittsburgh 30k), published as a Google
+Drive folder ``vgg16_netvlad_checkpoint/`` holding ``checkpoints/checkpoint.pth.tar`` (what its ``--resume``
+reads). The file is a training checkpoint: ``{'epoch', 'state_dict', 'recalls' (numpy floats), 'best_score'
+(a numpy float), 'optimizer', 'parallel'}``, read safely with the numpy allowlist of
+:func:`~fuseloc.data.extractors.base.numpy_safe_globals`. State-dict keys: ``encoder.<i>.{weight,bias}`` for
+VGG16 ``features[:29]`` (conv5_3 without its ReLU) and ``pool.conv.weight``, ``pool.centroids`` for the NetVLAD
+layer (vladv1: no assignment bias). A multi-GPU run saves ``encoder.module.<i>`` and ``pool.module.*``
+(DataParallel around each part); both forms load.
+
+hloc's NetVLAD (``Pitts30K_struct.mat``, MatConvNet weights converted from the original MATLAB release, with
+a 4096-D PCA whitening and Caffe-style mean subtraction) is a different model and format: it is refused with
+a message, not loaded.
 """
 
 from __future__ import annotations
@@ -19,8 +26,13 @@ from fuseloc.data.extractors.base import (
     TorchGlobalExtractor,
     load_into,
     load_state_dict,
+    rename_prefixes,
     resolve_weights,
 )
+from fuseloc.errors import InputError
+
+#: Where the release's file lies once its Google Drive folder is unpacked.
+RELEASE_FILE = "vgg16_netvlad_checkpoint/checkpoints/checkpoint.pth.tar"
 
 
 class NetVLADLayer(nn.Module):
@@ -64,7 +76,8 @@ class NetVLAD(TorchGlobalExtractor):
     """NetVLAD global descriptors (K x 512 dimensions, 32768 for the usual K = 64).
 
     Args:
-        weights: the checkpoint; default: ``<torch hub dir>/checkpoints/netvlad_vgg16_pitts30k.pth.tar``.
+        weights: the checkpoint; default: ``<torch hub dir>/checkpoints/vgg16_netvlad_checkpoint/checkpoints/checkpoint.pth.tar``
+            (the release folder unpacked into the torch hub checkpoint directory).
         num_clusters: K of the checkpoint.
         resize_max: longest image side in pixels (0 = keep).
         batch_size: images per forward pass.
@@ -78,8 +91,11 @@ class NetVLAD(TorchGlobalExtractor):
         super().__init__(resize_max, batch_size, device)
         self.weights = weights
         self.num_clusters = num_clusters
-        self._weights_path = resolve_weights(weights, "netvlad_vgg16_pitts30k.pth.tar", "NetVLAD",
-                                             "a pytorch-NetVlad (Nanne) VGG16 checkpoint")
+        self._weights_path = resolve_weights(weights, RELEASE_FILE, "NetVLAD",
+                                             "github.com/Nanne/pytorch-NetVlad (VGG16 checkpoint, README link)")
+        if self._weights_path.suffix.lower() == ".mat":
+            raise InputError("NetVLAD: hloc's MATLAB-converted weights (.mat) are a different model; this extractor "
+                             f"loads pytorch-NetVlad's {RELEASE_FILE!r}", self._weights_path)
 
     @property
     def dim(self) -> int:
@@ -90,5 +106,8 @@ class NetVLAD(TorchGlobalExtractor):
 
     def _build(self) -> torch.nn.Module:
         net = NetVLADNet(self.num_clusters)
-        load_into(net, load_state_dict(self._weights_path, "NetVLAD"), self._weights_path, "NetVLAD", strip=("module.",))
+        state = rename_prefixes(load_state_dict(self._weights_path, "NetVLAD"), [("module.", "")])  # wrapped model
+        # pytorch-NetVlad wraps each part in DataParallel when trained on several GPUs
+        state = rename_prefixes(state, [("encoder.module.", "encoder."), ("pool.module.", "pool.")])
+        load_into(net, state, self._weights_path, "NetVLAD")
         return net

@@ -9,11 +9,14 @@ intra-normalised, flattened feature-major (index d * 64 + k, as the release), co
 projection of the class token, and L2-normalised: 64 x 128 + 256 = 8448 dimensions. The ViT lives in
 :mod:`~fuseloc.data.extractors.dinov2`, shared with MegaLoc and CricaVPR.
 
-Parameter names follow the released ``dino_salad.ckpt``: ``backbone.model.<DINOv2 hub keys>`` (``cls_token``,
-``pos_embed``, ``mask_token``, ``patch_embed.proj``, ``blocks.<i>.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,
-mlp.fc1,mlp.fc2,ls2.gamma}``, ``norm``) and ``aggregator.{token_features.{0,2},cluster_features.{0,3},
-score.{0,3},dust_bin}``. ⚠ Written from the papers and the released names as remembered, not checked against
-a real file here; the evaluation input size of 322 x 322 is the authors' recommended setting.
+Weights: ``dino_salad.ckpt`` (github.com/serizba/salad, GitHub release v1.0.0, also a Google Drive link in its
+README). Despite the ``.ckpt`` suffix the repository's ``hubconf.py`` and ``eval.py`` pass ``torch.load`` of it
+straight to ``load_state_dict``: a bare state dict of the authors' Lightning ``VPRModel``, with
+``backbone.model.<DINOv2 hub keys>`` (``cls_token``, ``pos_embed``, ``mask_token``, ``patch_embed.proj``,
+``blocks.<i>.{norm1,attn.qkv,attn.proj,ls1.gamma,norm2,mlp.fc1,mlp.fc2,ls2.gamma}``, ``norm``) and
+``aggregator.{token_features.{0,2},cluster_features.{0,3},score.{0,3},dust_bin}``. A Lightning training
+checkpoint of the same model (``{'state_dict': ..., 'epoch', 'optimizer_states', ...}``) loads too. The
+evaluation input size of 322 x 322 is the README's evaluation command (``--image_size 322 322``).
 """
 
 from __future__ import annotations

