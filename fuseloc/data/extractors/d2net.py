@@ -11,11 +11,17 @@ channel is also a 3x3 spatial maximum in that channel, passes the Hessian edge t
 quadratic sub-pixel refinement moves it by less than half a cell. Score = that channel's activation.
 Feature-map position p maps to image pixel ``4 p + 1.5`` (the centre of its 4x4 block, hloc convention),
 as the release does; the 2x2 stride-1 average pool shifts true receptive-field centres by another half
-cell, which the release ignores and so do we, to keep keypoints identical. Single scale only (the
-release's ``--multiscale`` pyramid is not implemented).
+cell, which the release ignores and so do we, to keep keypoints identical.
+
+By default every detection is kept (no top-k), single scale: the paper's and hloc's ``d2net-ss`` setting
+(images shrunk to at most 1600 px). ``multiscale=True`` runs the release's ``process_multiscale`` pyramid
+(scales 0.5, 1, 2 with features accumulated from coarse to fine, see :func:`multiscale_detections`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +35,7 @@ from fuseloc.data.extractors.base import (
     load_state_dict,
     resolve_weights,
 )
+from fuseloc.errors import InputError
 
 #: Caffe-style BGR means (0-255) the released VGG16 weights were trained with.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -65,15 +72,34 @@ class D2NetModel(nn.Module):
         return self.dense_feature_extraction(rgb.flip(1) * 255.0 - self.mean)
 
 
-@torch.no_grad()
-def hard_detections(features: torch.Tensor, edge_threshold: float = 5.0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """D2-Net's test-time detections on (B, C, h, w) features.
+@dataclass
+class HardDetections:
+    """D2-Net detections of one image, in feature-map cells.
 
-    Returns, per image, (positions (N, 2) refined (row, col) in feature-map cells, channel (N,), score (N,)).
-    Only each position's strongest channel can fire (ties at the max are measure-zero with real features);
-    the spatial max, derivatives and Hessian are taken in that channel with zero padding, as the release's
-    3x3 filters do.
+    Attributes:
+        positions: (N, 2) refined (row, col) positions.
+        cells: (N, 2) long, the integer (row, col) cells that fired.
+        channels: (N,) the channel each fired in (the cell's strongest).
+        scores: (N,) that channel's activation.
     """
+
+    positions: torch.Tensor
+    cells: torch.Tensor
+    channels: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class _Candidates:
+    """Per position of (B, C, h, w) features: the hard test (B, h, w) bool, Newton step (B, h, w, 2), score, channel."""
+
+    detected: torch.Tensor
+    step: torch.Tensor
+    score: torch.Tensor
+    channel: torch.Tensor
+
+
+def _candidates(features: torch.Tensor, edge_threshold: float) -> _Candidates:
     b, _, h, w = features.shape
     score, channel = features.max(dim=1)  # (B, h, w)
     padded = F.pad(features, (1, 1, 1, 1))
@@ -97,17 +123,79 @@ def hard_detections(features: torch.Tensor, edge_threshold: float = 5.0) -> list
     # Newton step -H^-1 g towards the extremum of the local quadratic
     step_i = -(djj * di - dij * dj) / safe
     step_j = -(-dij * di + dii * dj) / safe
-    refined_ok = (step_i.abs() < 0.5) & (step_j.abs() < 0.5)
-    keep = is_local_max & is_not_edge & refined_ok
-    out = []
-    for k in range(b):
-        rows, cols = torch.nonzero(keep[k], as_tuple=True)
-        pos = torch.stack([rows + step_i[k, rows, cols], cols + step_j[k, rows, cols]], 1)
-        # the release drops refined positions whose bilinear neighbourhood leaves the map
-        inside = (pos[:, 0] >= 0) & (pos[:, 0] <= h - 1) & (pos[:, 1] >= 0) & (pos[:, 1] <= w - 1)
-        rows, cols, pos = rows[inside], cols[inside], pos[inside]
-        out.append((pos, channel[k, rows, cols], score[k, rows, cols]))
-    return out
+    return _Candidates(is_local_max & is_not_edge, torch.stack([step_i, step_j], -1), score, channel)
+
+
+def _refine(c: _Candidates, k: int, mask: torch.Tensor) -> HardDetections:
+    """Image ``k``'s detections under ``mask`` (h, w) whose sub-cell step is < 0.5 and stays inside the map."""
+    h, w = mask.shape
+    rows, cols = torch.nonzero(mask, as_tuple=True)
+    step = c.step[k, rows, cols]
+    pos = torch.stack([rows, cols], 1).to(step.dtype) + step
+    # the release drops steps of half a cell or more, then positions whose bilinear neighbourhood leaves the map
+    ok = (step.abs() < 0.5).all(1) & (pos[:, 0] >= 0) & (pos[:, 0] <= h - 1) & (pos[:, 1] >= 0) & (pos[:, 1] <= w - 1)
+    rows, cols, pos = rows[ok], cols[ok], pos[ok]
+    return HardDetections(pos, torch.stack([rows, cols], 1), c.channel[k, rows, cols], c.score[k, rows, cols])
+
+
+@torch.no_grad()
+def hard_detections(features: torch.Tensor, edge_threshold: float = 5.0,
+                    banned: torch.Tensor | None = None) -> list[HardDetections]:
+    """D2-Net's test-time detections on (B, C, h, w) features, one :class:`HardDetections` per image.
+
+    Only each position's strongest channel can fire (ties at the max are measure-zero with real features);
+    the spatial max, derivatives and Hessian are taken in that channel with zero padding, as the release's
+    3x3 filters do. ``banned`` (B, h, w) bool removes positions before refinement (multi-scale).
+    """
+    c = _candidates(features, edge_threshold)
+    mask = c.detected if banned is None else c.detected & ~banned
+    return [_refine(c, k, mask[k]) for k in range(features.shape[0])]
+
+
+@torch.no_grad()
+def multiscale_detections(net: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
+                          scales: Sequence[float] = (0.5, 1.0, 2.0),
+                          edge_threshold: float = 5.0) -> list[Detections]:
+    """The release's ``process_multiscale`` on a batch: keypoints in hloc's convention in ``batch`` pixels.
+
+    For each scale, in the given order: the image resampled by ``scale`` (bilinear, ``align_corners=True``,
+    size ``floor(H scale)``); its features plus the previous level's accumulated features (bilinearly
+    resampled, ``align_corners=True``); hard detections there, except at positions already detected at an
+    earlier level (a mask carried along by nearest resampling); scores = accumulated activation / level
+    number (1, 2, 3...); descriptors = the accumulated features sampled at the refined positions,
+    L2-normalised. Level pixel positions map back with the ``align_corners=True`` geometry,
+    ``x (W - 1) / (w_level - 1)``; the release uses ``x W / w_level``, a sub-pixel difference.
+    """
+    b, _, height, width = batch.shape
+    parts: list[list[Detections]] = [[] for _ in range(b)]
+    previous: torch.Tensor | None = None
+    banned: torch.Tensor | None = None
+    for level, scale in enumerate(scales):
+        image = batch if scale == 1 else F.interpolate(batch, scale_factor=scale, mode="bilinear", align_corners=True)
+        h_level, w_level = image.shape[-2:]
+        features = net(image)
+        h, w = features.shape[-2:]
+        if previous is not None:
+            features = features + F.interpolate(previous, size=(h, w), mode="bilinear", align_corners=True)
+        c = _candidates(features, edge_threshold)
+        mask = c.detected
+        if banned is not None:
+            banned = F.interpolate(banned[:, None].float(), size=(h, w))[:, 0] > 0  # nearest, as the release
+            mask = mask & ~banned
+            banned = banned | mask
+        else:
+            banned = mask
+        sx = (width - 1) / max(w_level - 1, 1)
+        sy = (height - 1) / max(h_level - 1, 1)
+        for k in range(b):
+            det = _refine(c, k, mask[k])
+            desc = F.normalize(bilinear_at(features[k], det.positions), dim=1)
+            xy = (det.positions * STRIDE + OFFSET).flip(1)  # (row, col) cells -> (x, y) level pixels
+            xy = xy * xy.new_tensor([sx, sy])
+            parts[k].append(Detections(xy, desc, det.scores / (level + 1)))
+        previous = features
+    return [Detections(torch.cat([d.keypoints for d in p]), torch.cat([d.descriptors for d in p]),
+                       torch.cat([d.scores for d in p])) for p in parts]
 
 
 def bilinear_at(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -123,9 +211,11 @@ class D2Net(TorchLocalExtractor):
 
     Args:
         weights: path of ``d2_tf.pth``; default: the torch hub checkpoint directory.
-        max_keypoints: keep the highest-scoring keypoints (0 = all detections).
+        max_keypoints: keep the highest-scoring keypoints (0 = all detections, the paper's setting).
         resize_max: longest image side before extraction (0 = keep); the release uses 1600.
         edge_threshold: Hessian eigenvalue-ratio bound of the edge test (release: 5).
+        multiscale: run the release's image pyramid over ``scales`` instead of the single scale 1.
+        scales: pyramid scales, coarse to fine, used when ``multiscale`` (release: 0.5, 1, 2).
         batch_size: images per forward pass.
         device: default CUDA when available.
     """
@@ -133,11 +223,16 @@ class D2Net(TorchLocalExtractor):
     name = "d2net"
     size_multiple = 4
 
-    def __init__(self, weights: str | None = None, max_keypoints: int = 4096, resize_max: int = 1600,
-                 edge_threshold: float = 5.0, batch_size: int = 2, device: str | None = None):
+    def __init__(self, weights: str | None = None, max_keypoints: int = 0, resize_max: int = 1600,
+                 edge_threshold: float = 5.0, multiscale: bool = False, scales: Sequence[float] = (0.5, 1.0, 2.0),
+                 batch_size: int = 2, device: str | None = None):
         super().__init__(max_keypoints, resize_max, batch_size, device)
+        if multiscale and (not scales or any(not s > 0 for s in scales)):
+            raise InputError(f"D2-Net scales must be positive numbers, got {list(scales)}")
         self.weights = weights
         self.edge_threshold = edge_threshold
+        self.multiscale = multiscale
+        self.scales = tuple(float(s) for s in scales)
         self._weights_path = resolve_weights(weights, "d2_tf.pth", "D2-Net", "github.com/mihaidusmanu/d2-net")
 
     @property
@@ -145,7 +240,13 @@ class D2Net(TorchLocalExtractor):
         return 512
 
     def _extra_config(self) -> dict:
-        return {"weights": self.weights, "edge_threshold": self.edge_threshold}
+        return {"weights": self.weights, "edge_threshold": self.edge_threshold, "multiscale": self.multiscale,
+                **({"scales": list(self.scales)} if self.multiscale else {})}
+
+    def _tag_extra(self) -> list[str]:
+        if not self.multiscale:
+            return ["ss"]
+        return ["ms" + "-".join(f"{s:g}" for s in self.scales)]
 
     def _build(self) -> torch.nn.Module:
         net = D2NetModel()
@@ -153,13 +254,10 @@ class D2Net(TorchLocalExtractor):
         return net
 
     def _detect(self, net: torch.nn.Module, batch: torch.Tensor) -> list[Detections]:
-        features = net(batch)
-        out = []
-        for k, (pos, _, scores) in enumerate(hard_detections(features, self.edge_threshold)):
-            if self.max_keypoints and len(scores) > self.max_keypoints:
-                top = scores.topk(self.max_keypoints).indices
-                pos, scores = pos[top], scores[top]
-            desc = F.normalize(bilinear_at(features[k], pos), dim=1)
-            keypoints = (pos * STRIDE + OFFSET).flip(1)  # (row, col) cells -> (x, y) pixels
-            out.append(Detections(keypoints, desc, scores))
+        out = multiscale_detections(net, batch, self.scales if self.multiscale else (1.0,), self.edge_threshold)
+        if self.max_keypoints:
+            for k, det in enumerate(out):
+                if len(det.scores) > self.max_keypoints:
+                    top = det.scores.topk(self.max_keypoints).indices
+                    out[k] = Detections(det.keypoints[top], det.descriptors[top], det.scores[top])
         return out

@@ -1,8 +1,20 @@
 """SuperPoint (DeTone et al., CVPRW 2018) in plain torch; weights supplied by the user.
 
 Parameter names follow Magic Leap's release (``superpoint_v1.pth``: ``conv1a.weight`` ... ``convDb.bias``),
-which hloc and LightGlue load too. Post-processing (softmax over 65 bins, max-pool NMS, border removal,
-bilinear descriptor sampling) follows the paper and hloc's defaults.
+which hloc and LightGlue load too. Post-processing as Magic Leap's SuperGlue code, which hloc runs:
+
+* heatmap: softmax over the 65 bins, the "no keypoint" bin dropped, cells unfolded to pixels;
+* :func:`simple_nms`: max-pool NMS with two extra suppression rounds (a pixel suppressed by a kept maximum
+  cannot suppress others, so maxima next to a suppressed area come back);
+* keypoints: post-NMS score above ``detection_threshold``, ``remove_borders`` pixels dropped, top-k;
+* descriptors: :func:`sample_descriptors`, bilinear samples of the *L2-normalised* dense map with the
+  release's coordinate mapping (``x - s/2 + 0.5`` over ``W s - s/2 - 0.5``, ``align_corners=True``), then
+  L2-normalised again. That mapping is slightly off the cell centres (hloc keeps it, with an opt-in
+  ``fix_sampling``); we keep it so descriptors equal hloc's.
+
+Image sides need not be multiples of 8: the encoder's pooling floors them and the bottom/right remainder
+is never a keypoint, as in the release. Defaults are hloc's ``superpoint_aachen`` preset (nms_radius 3,
+4096 keypoints, longest side 1024); hloc's model default radius is 4.
 """
 
 from __future__ import annotations
@@ -54,22 +66,40 @@ class SuperPointNet(nn.Module):
         return logits, desc
 
 
-def nms_mask(scores: torch.Tensor, radius: int) -> torch.Tensor:
-    """Boolean (B, H, W): pixels that are the maximum of their (2r+1)^2 window."""
-    pooled = F.max_pool2d(scores[:, None], kernel_size=2 * radius + 1, stride=1, padding=radius)[:, 0]
-    return scores == pooled
+def simple_nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
+    """Boolean (B, H, W) keypoint mask of (B, H, W) scores: the release's max-pool NMS with two extra rounds.
+
+    Round 0 keeps the maxima of their (2r+1)^2 window. Each further round removes the windows around kept
+    points and keeps the maxima of what remains that are outside those windows.
+    """
+    if radius < 0:
+        raise ValueError(f"nms radius must be >= 0, got {radius}")
+
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x[:, None], kernel_size=2 * radius + 1, stride=1, padding=radius)[:, 0]
+
+    keep = scores == pool(scores)
+    for _ in range(2):
+        suppressed = pool(keep.float()) > 0
+        rest = torch.where(suppressed, torch.zeros_like(scores), scores)
+        keep = keep | ((rest == pool(rest)) & ~suppressed)
+    return keep
 
 
 def sample_descriptors(desc: torch.Tensor, keypoints: torch.Tensor, cell: int = 8) -> torch.Tensor:
-    """Bilinear descriptors (N, D) at keypoints (N, 2) (pixel centres at integers) from one (D, Hc, Wc) map.
+    """Descriptors (N, D) at keypoints (N, 2) (x, y; pixel centres at integers) of one (D, Hc, Wc) dense map.
 
-    Cell j covers pixels [cell*j, cell*j + cell - 1], whose centre is cell*j + (cell - 1)/2.
+    The release's sampling: the dense map is L2-normalised per position, keypoints are mapped to
+    ``(x - cell/2 + 0.5) / (Wc cell - cell/2 - 0.5)`` (so pixel 3.5 is the first cell's centre and the
+    last pixel, ``Wc cell - 1``, the last cell's), sampled bilinearly with ``align_corners=True``, and the
+    samples L2-normalised.
     """
     d, hc, wc = desc.shape
-    coarse = (keypoints - (cell - 1) / 2) / cell
-    size = torch.tensor([max(wc - 1, 1), max(hc - 1, 1)], device=desc.device, dtype=coarse.dtype)
-    grid = (coarse / size * 2 - 1).view(1, 1, -1, 2)
-    out = F.grid_sample(desc[None], grid.to(desc.dtype), mode="bilinear", align_corners=True)
+    dense = F.normalize(desc, dim=0)
+    shifted = keypoints - cell / 2 + 0.5
+    span = shifted.new_tensor([wc * cell - cell / 2 - 0.5, hc * cell - cell / 2 - 0.5])
+    grid = (shifted / span * 2 - 1).view(1, 1, -1, 2)
+    out = F.grid_sample(dense[None], grid.to(dense.dtype), mode="bilinear", align_corners=True)
     return F.normalize(out[0, :, 0].T, dim=1)
 
 
@@ -79,19 +109,18 @@ class SuperPoint(TorchLocalExtractor):
     Args:
         weights: path of ``superpoint_v1.pth``; default: the torch hub checkpoint directory.
         max_keypoints: keep the strongest keypoints (0 = all above the threshold).
-        resize_max: longest image side before extraction (0 = keep); sides are rounded down to multiples of 8.
+        resize_max: longest image side before extraction (0 = keep).
         detection_threshold: minimum heatmap probability (hloc: 0.005).
-        nms_radius: non-maximum suppression radius in pixels (hloc: 4).
+        nms_radius: non-maximum suppression radius in pixels (hloc's superpoint_aachen: 3; its model default: 4).
         remove_borders: ignore detections this close to the border, in pixels.
         batch_size: images per forward pass.
         device: default CUDA when available.
     """
 
     name = "superpoint"
-    size_multiple = 8
 
     def __init__(self, weights: str | None = None, max_keypoints: int = 4096, resize_max: int = 1024,
-                 detection_threshold: float = 0.005, nms_radius: int = 4, remove_borders: int = 4,
+                 detection_threshold: float = 0.005, nms_radius: int = 3, remove_borders: int = 4,
                  batch_size: int = 4, device: str | None = None):
         super().__init__(max_keypoints, resize_max, batch_size, device)
         self.weights = weights
@@ -120,7 +149,7 @@ class SuperPoint(TorchLocalExtractor):
         b, _, hc, wc = logits.shape
         prob = logits.softmax(1)[:, :64]  # the 65th bin is "no keypoint in this cell"
         heat = prob.view(b, 8, 8, hc, wc).permute(0, 3, 1, 4, 2).reshape(b, hc * 8, wc * 8)
-        keep = nms_mask(heat, self.nms_radius) & (heat > self.detection_threshold)
+        keep = simple_nms(heat, self.nms_radius) & (heat > self.detection_threshold)
         if self.remove_borders:
             r = self.remove_borders
             border = torch.zeros_like(keep)
