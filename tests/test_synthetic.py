@@ -12,8 +12,17 @@ import cv2
 import numpy as np
 import pytest
 
-from fuseloc.data import synthetic
-from fuseloc.data.synthetic import TownConfig, default_scene_dir, generate_town
+from fuseloc.data.town import (
+    TownConfig,
+    default_scene_dir,
+    generate,
+    generate_town,
+    layout,
+    render,
+    scene_hash,
+    textures,
+    views,
+)
 from fuseloc.types import qvec_to_rotmat
 
 TINY = TownConfig(
@@ -107,14 +116,14 @@ def test_poses_are_valid_rotations_above_the_ground(tiny_town: Path):
 
 def test_facade_points_project_onto_their_texture(tiny_town: Path):
     """Project facade points with the written pose; the pixels there must show the texture colours."""
-    town = synthetic.build_town(TINY)
-    K = synthetic.intrinsics_matrix(TINY)
+    town = layout.build_town(TINY)
+    K = render.intrinsics_matrix(TINY)
     poses = _read_poses(tiny_town)
     checked = 0
     for name in ("db/street0_000.png", "db/street0_003.png", "query/day/0000.png"):
         R, t = poses[name]
         image = cv2.imread(str(tiny_town / "images" / name))[:, :, ::-1].astype(np.float64)
-        rendered = synthetic.render_view(town, K, R, t, TINY.image_width, TINY.image_height)
+        rendered = render.render_view(town, K, R, t, TINY.image_width, TINY.image_height)
         for facade in town.facades:
             s, tt = np.meshgrid(np.linspace(0.02, 0.98, 40), np.linspace(0.02, 0.98, 40))
             X = facade.point_at(s.ravel(), tt.ravel())
@@ -152,19 +161,19 @@ def test_renderer_pixel_convention_is_exact():
     """Checkerboard facade: sub-pixel corners land on the projected 3D corners (COLMAP pixel centres)."""
     tex = ((np.arange(512)[:, None] // 64 + np.arange(512)[None] // 64) % 2 * 200 + 25).astype(np.uint8)
     levels = [np.repeat(tex[:, :, None], 3, axis=2)]
-    for _ in range(synthetic.MIP_LEVELS):
+    for _ in range(textures.MIP_LEVELS):
         prev = levels[-1]
         levels.append(
             cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA)
         )
-    facade = synthetic.Facade(0, "cb", (0.0, 5.0, 8.0), (1.0, 0.0, 0.0), 8.0, 8.0, 0, "left")
-    town = synthetic.Town([facade], {"cb": synthetic.Texture("cb", levels)})
+    facade = layout.Facade(0, "cb", (0.0, 5.0, 8.0), (1.0, 0.0, 0.0), 8.0, 8.0, 0, "left")
+    town = layout.Town([facade], {"cb": textures.Texture("cb", levels)})
     config = TownConfig(image_width=320, image_height=240, focal=250.0)
-    K = synthetic.intrinsics_matrix(config)
-    R = synthetic.rotation_from_angles(75.0, 20.0, 10.0)
+    K = render.intrinsics_matrix(config)
+    R = views.rotation_from_angles(75.0, 20.0, 10.0)
     center = np.array([3.0, -1.0, 2.0])
     t = -R @ center
-    gray = synthetic.render_view(town, K, R, t, 320, 240).rgb.mean(axis=2).astype(np.float32)
+    gray = render.render_view(town, K, R, t, 320, 240).rgb.mean(axis=2).astype(np.float32)
     corners = np.array([facade.point_at(a / 8, b / 8) for a in range(1, 8) for b in range(1, 8)])
     x_cam = corners @ R.T + t
     uv = x_cam[:, :2] / x_cam[:, 2:3] * 250.0 + K[:2, 2]
@@ -181,15 +190,15 @@ def test_facade_partly_behind_the_camera_is_clipped():
     """A wall running past the camera: only rays that hit it in front are drawn, at the analytic depth."""
     tex = np.full((64, 256, 3), 200, dtype=np.uint8)
     levels = [tex] + [
-        np.full((64 >> k, 256 >> k, 3), 200, dtype=np.uint8) for k in range(1, synthetic.MIP_LEVELS + 1)
+        np.full((64 >> k, 256 >> k, 3), 200, dtype=np.uint8) for k in range(1, textures.MIP_LEVELS + 1)
     ]
-    facade = synthetic.Facade(0, "w", (-20.0, 2.0, 6.0), (1.0, 0.0, 0.0), 40.0, 6.0, 0, "left")
-    town = synthetic.Town([facade], {"w": synthetic.Texture("w", levels)})
+    facade = layout.Facade(0, "w", (-20.0, 2.0, 6.0), (1.0, 0.0, 0.0), 40.0, 6.0, 0, "left")
+    town = layout.Town([facade], {"w": textures.Texture("w", levels)})
     K = np.array([[100.0, 0, 80], [0, 100.0, 60], [0, 0, 1]])
-    R = synthetic.rotation_from_angles(60.0, 0.0, 0.0)  # the wall spans from behind to in front
+    R = views.rotation_from_angles(60.0, 0.0, 0.0)  # the wall spans from behind to in front
     center = np.array([0.0, 0.0, 1.5])
     t = -R @ center
-    out = synthetic.render_view(town, K, R, t, 160, 120)
+    out = render.render_view(town, K, R, t, 160, 120)
     uu, vv = np.meshgrid(np.arange(160) + 0.5, np.arange(120) + 0.5)
     rays = np.stack([uu, vv, np.ones_like(uu)], axis=-1) @ np.linalg.inv(K).T @ R  # world directions
     lam = (2.0 - center[1]) / rays[..., 1]
@@ -220,7 +229,7 @@ def test_complete_town_is_not_regenerated(tmp_path: Path, monkeypatch: pytest.Mo
     def fail(*args, **kwargs):
         raise AssertionError("should not render again")
 
-    monkeypatch.setattr(synthetic, "render_view", fail)
+    monkeypatch.setattr(generate, "render_view", fail)
     assert generate_town(root, TINY) == root
     assert _digest(root) == before
     with pytest.raises(AssertionError, match="should not render"):
@@ -233,23 +242,23 @@ def test_interrupted_generation_is_not_trusted(tmp_path: Path):
     root = tmp_path / "scene"
     # A crashed run: a temp dir of a dead process (with a marker, even) and a root without .complete.
     dead_pid = 2**22 + 12345
-    while synthetic._pid_alive(dead_pid):
+    while generate._pid_alive(dead_pid):
         dead_pid += 1
     stale = root.with_name(f"{root.name}.tmp-{dead_pid}")
     (stale / "images").mkdir(parents=True)
-    (stale / ".complete").write_text(json.dumps(synthetic._completion_record(TINY)))
+    (stale / ".complete").write_text(json.dumps(generate._completion_record(TINY)))
     (root / "images" / "db").mkdir(parents=True)
     (root / "images" / "db" / "street0_000.png").write_bytes(b"half written")
-    assert not synthetic.is_complete(root, TINY)
+    assert not generate.is_complete(root, TINY)
 
     generate_town(root, TINY)
-    assert synthetic.is_complete(root, TINY)
+    assert generate.is_complete(root, TINY)
     assert cv2.imread(str(root / "images" / "db" / "street0_000.png")) is not None
     assert not stale.exists()
 
     # A complete town of another config is not trusted either.
     other = dataclasses.replace(TINY, seed=7)
-    assert not synthetic.is_complete(root, other)
+    assert not generate.is_complete(root, other)
     generate_town(root, other)
     assert json.loads((root / ".complete").read_text())["config"]["seed"] == 7
 
@@ -265,9 +274,9 @@ def test_default_scene_dir_is_keyed_by_config(tmp_path: Path, monkeypatch: pytes
 
 
 def test_repeated_textures_are_far_apart_with_different_neighbours():
-    town = synthetic.build_town(TownConfig())
+    town = layout.build_town(TownConfig())
     side = [f for f in town.facades if f.role in ("left", "right")]
-    by_texture: dict[str, list[synthetic.Facade]] = {}
+    by_texture: dict[str, list[layout.Facade]] = {}
     for f in side:
         by_texture.setdefault(f.texture, []).append(f)
     repeated = {k: v for k, v in by_texture.items() if len(v) > 1}
@@ -290,8 +299,8 @@ def test_repeated_textures_are_far_apart_with_different_neighbours():
 def test_query_seed_renders_new_queries_of_the_same_database(tiny_town: Path, tmp_path: Path):
     # None leaves the hash (and so every town generated before the field existed) unchanged.
     assert "query_seed" not in TINY.to_json()
-    assert synthetic.scene_hash(dataclasses.replace(TINY, query_seed=None)) == synthetic.scene_hash(TINY)
-    assert synthetic.scene_hash(dataclasses.replace(TINY, query_seed=5)) != synthetic.scene_hash(TINY)
+    assert scene_hash(dataclasses.replace(TINY, query_seed=None)) == scene_hash(TINY)
+    assert scene_hash(dataclasses.replace(TINY, query_seed=5)) != scene_hash(TINY)
     other = generate_town(tmp_path / "valq", dataclasses.replace(TINY, query_seed=5))
     base, new = _digest(tiny_town), _digest(other)
     db = [k for k in base if k.startswith(("images/db/", "sparse/"))]
@@ -305,7 +314,7 @@ def test_embedded_town_validation_queries_are_a_second_rendering(tiny_town: Path
     from fuseloc.data.readers import town as town_reader
     from fuseloc.errors import InputError
 
-    monkeypatch.setattr(synthetic, "TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
+    monkeypatch.setattr("fuseloc.data.town.TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
     reader = town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=5)
     data = reader.load()
     val = data.validation
@@ -327,7 +336,7 @@ def test_validation_queries_under_their_own_root_get_features(tiny_town: Path, t
     from fuseloc.data.readers import town as town_reader
     from fuseloc.data.readers.base import LocalizationData
 
-    monkeypatch.setattr(synthetic, "TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
+    monkeypatch.setattr("fuseloc.data.town.TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
     data = town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=5).load()
     local, vlad = Sift(max_keypoints=256), Vlad(num_clusters=4)
     evaluation = prepare_features(data, local, vlad, tmp_path, progress=False)

@@ -28,7 +28,7 @@ class EmbeddedTown(DatasetReader):
         self.validation_query_seed = validation_query_seed
 
     def load(self) -> LocalizationData:
-        from fuseloc.data.synthetic import TownConfig, default_scene_dir, generate_town
+        from fuseloc.data.town import TownConfig, default_scene_dir, generate_town
 
         config = TownConfig(seed=self.seed)
         root = generate_town(self.root or default_scene_dir(config), config)
