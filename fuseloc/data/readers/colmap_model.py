@@ -518,7 +518,9 @@ def write_model_text(model_dir: str | Path, cameras: dict[int, Camera], images: 
     with open(model_dir / "cameras.txt", "w") as f:
         f.write("# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
         for camera_id, cam in cameras.items():
-            f.write(" ".join([str(camera_id), *cam.to_tokens()]) + "\n")
+            # Full precision (Camera.to_tokens rounds to 10 digits for cache keys): the model must read back exactly.
+            f.write(" ".join([str(camera_id), cam.model, str(cam.width), str(cam.height),
+                              *(repr(float(v)) for v in cam.params)]) + "\n")
     with open(model_dir / "images.txt", "w") as f:
         f.write("# Image list with two lines of data per image:\n"
                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n")

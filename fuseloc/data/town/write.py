@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
+from fuseloc.data.readers.colmap_model import ImageRecord, write_model_text
 from fuseloc.data.town.config import TownConfig
 from fuseloc.data.town.layout import Town
 from fuseloc.data.town.views import View
+from fuseloc.types import Camera
 
 
 def write_scene(out: Path, town: Town, views: list[View], config: TownConfig) -> None:
@@ -23,30 +27,13 @@ def _fmt(x: float) -> str:
 
 
 def _write_colmap_text(out: Path, views: list[View], config: TownConfig) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     c = config
-    (out / "cameras.txt").write_text(
-        "# Camera list with one line of data per camera:\n"
-        "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
-        "# Number of cameras: 1\n"
-        f"1 PINHOLE {c.image_width} {c.image_height} {_fmt(c.focal)} {_fmt(c.focal)} "
-        f"{_fmt(c.image_width / 2)} {_fmt(c.image_height / 2)}\n"
-    )
-    lines = [
-        "# Image list with two lines of data per image:",
-        "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-        "#   POINTS2D[] as (X, Y, POINT3D_ID)",
-        f"# Number of images: {len(views)}, mean observations per image: 0",
-    ]
-    for image_id, view in enumerate(views, start=1):
-        lines.append(" ".join([str(image_id), *map(_fmt, view.qvec), *map(_fmt, view.tvec), "1", view.name]))
-        lines.append("")
-    (out / "images.txt").write_text("\n".join(lines) + "\n")
-    (out / "points3D.txt").write_text(
-        "# 3D point list with one line of data per point:\n"
-        "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
-        "# Number of points: 0, mean track length: 0\n"
-    )
+    camera = Camera("PINHOLE", c.image_width, c.image_height, (c.focal, c.focal, c.image_width / 2, c.image_height / 2))
+    no_points = np.zeros((0, 2))
+    images = [ImageRecord(image_id, view.name, 1, np.asarray(view.qvec), np.asarray(view.tvec), no_points,
+                          np.zeros(0, np.int64))
+              for image_id, view in enumerate(views, start=1)]
+    write_model_text(out, {1: camera}, images, np.zeros(0, np.int64), np.zeros((0, 3)))
 
 
 def _write_lists(out: Path, queries: list[View], config: TownConfig) -> None:
