@@ -236,10 +236,10 @@ def make_robotcar(root: Path) -> Fixture:
     images = _render_all(root, db, image_root)
     data = build_map(db, images, max_points_per_image=300)
     measurements: list[list[tuple[int, int, float, float]]] = [[] for _ in data.xyz]
-    for k, (view, obs) in enumerate(zip(db, data.observations)):
+    for k, obs in enumerate(data.observations):
         for feat, (i, uv) in enumerate(obs):
-            # NVM measurements are relative to the image centre.
-            measurements[i].append((k, feat, uv[0] - view.camera.width / 2, uv[1] - view.camera.height / 2))
+            # RobotCar's all.nvm comes from COLMAP's NVM exporter: ABSOLUTE pixels (DATASETS.md §2.1).
+            measurements[i].append((k, feat, uv[0], uv[1]))
     nvm_names = [f"./{Path(v.name).with_suffix('.png')}" for v in db]
     write_nvm(root / "3D-models/all-merged/all.nvm", nvm_names, [100.0] * len(db), [v.pose.qvec for v in db],
               [v.pose.center for v in db], data.xyz, measurements)
@@ -334,6 +334,7 @@ def make_cambridge(root: Path, scene: str = "ShopFacade") -> Fixture:
     measurements: list[list[tuple[int, int, float, float]]] = [[] for _ in data.xyz]
     for k, obs in enumerate(data.observations):
         for feat, (i, uv) in enumerate(obs):
+            # Cambridge's reconstruction.nvm comes from VisualSFM: pixels relative to the image centre.
             measurements[i].append((k, feat, uv[0] - full_cam.width / 2, uv[1] - full_cam.height / 2))
     all_views = db + queries
     write_nvm(scene_dir / "reconstruction.nvm", [str(Path(v.name).with_suffix(".jpg")) for v in all_views],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from dataset_fixtures import make_aachen
 from readers_e2e import run_and_check_submission
@@ -58,3 +60,26 @@ def test_aachen_malformed_query_line_names_file_and_line(aachen, tmp_path):
     bad.write_text("query/day/nexus4/missing.jpg SIMPLE_RADIAL 400 300 310 200 150 0\n")
     with pytest.raises(InputError, match=r"bad.txt:1: query image .*missing.jpg"):
         AachenDayNight(aachen.root, queries=[str(bad)]).load()
+
+
+def test_aachen_warns_when_query_lists_are_not_the_release_counts(aachen, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="fuseloc.data.readers.aachen"):
+        AachenDayNight(aachen.root).load()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "hold 1 day and 1 night queries" in warnings[0]
+    assert "824 day and 191 night" in warnings[0]
+    # Lists of the release's size (824 day, 191 night) load without a warning.
+    line = " SIMPLE_RADIAL 400 300 310 200 150 0\n"
+    day, night = tmp_path / "day.txt", tmp_path / "night.txt"
+    day.write_text("".join(f"query/day/nexus4/IMG_{k:05d}.jpg{line}" for k in range(824)))
+    night.write_text("".join(f"query/night/nexus5x/IMG_{k:05d}_n.jpg{line}" for k in range(191)))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fuseloc.data.readers.aachen"):
+        data = AachenDayNight(aachen.root, queries=[str(day), str(night)], check_images=False).load()
+    assert data.queries.conditions.count("night") == 191
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    # One missing night query is enough to warn.
+    night.write_text("".join(f"query/night/nexus5x/IMG_{k:05d}_n.jpg{line}" for k in range(190)))
+    with caplog.at_level(logging.WARNING, logger="fuseloc.data.readers.aachen"):
+        AachenDayNight(aachen.root, queries=[str(day), str(night)], check_images=False).load()
+    assert any("824 day and 190 night" in r.getMessage() for r in caplog.records)

@@ -4,6 +4,7 @@ dataset_*.txt poses, local median evaluation."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -31,6 +32,8 @@ def test_cambridge_end_to_end_reports_medians(cambridge, tmp_path, capsys):
 def test_cambridge_scales_1024px_model_to_image_resolution(cambridge):
     data = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"]).load()
     assert data.spec.report == "median" and data.part == "ShopFacade"
+    # Its only posed queries are the test images: no validation set (training holds out database images).
+    assert data.validation is None
     cam = data.scene.image_cameras[0]
     assert (cam.width, cam.height) == (960, 540) and cam.params == pytest.approx((562.5, 480.0, 270.0, 0.0))
     assert data.queries.names == ["ShopFacade/seq2/frame00001.png", "ShopFacade/seq2/frame00002.png"]
@@ -95,3 +98,16 @@ def test_cambridge_accepts_linux_query_list_name_UNSURE(cambridge, tmp_path):
     hloc = root / "CambridgeLandmarks_Colmap_Retriangulated_1024px" / "ShopFacade"
     (hloc / "list_query.txt").rename(hloc / "list_query_linux.txt")
     assert len(CambridgeLandmarks(root, scenes=["ShopFacade"]).load().queries) == 2
+
+
+def test_cambridge_nvm_is_read_as_centre_relative_and_override_obeyed(cambridge, caplog):
+    with caplog.at_level(logging.INFO, logger="fuseloc.data.readers.nvm"):
+        auto = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"], map_source="nvm").load()
+    assert any("reconstruction.nvm: measurements are centre-relative pixels" in r.getMessage() for r in caplog.records)
+    assert auto.validation is None
+    # Observations are where the known poses project the points (principal point at the image centre).
+    pose, obs = auto.scene.pose(0), auto.scene.obs_image == 0
+    p = pose.transform(auto.scene.points_xyz[auto.scene.obs_point[obs]])
+    np.testing.assert_allclose(p[:, :2] / p[:, 2:] * 562.5 + [480.0, 270.0], auto.scene.obs_xy[obs], atol=1e-2)
+    forced = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"], map_source="nvm", measurements="absolute").load()
+    np.testing.assert_allclose(forced.scene.obs_xy, auto.scene.obs_xy - [480.0, 270.0], atol=1e-3)

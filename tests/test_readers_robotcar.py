@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import numpy as np
 import pytest
 from dataset_fixtures import make_robotcar
 from readers_e2e import run_and_check_submission
 
+from fuseloc.data.readers.nvm import read_nvm, write_nvm
 from fuseloc.data.readers.robotcar import RobotCarSeasons, camera_to_world_to_pose, pose_to_camera_to_world
 from fuseloc.errors import InputError
 from fuseloc.types import Pose
@@ -36,7 +40,7 @@ def test_robotcar_nvm_fixups_and_conditions(robotcar):
     assert data.scene.image_cameras[2].params == (100.0, 100.0, 125.027, 127.865)  # left intrinsics
     assert data.queries.names == ["night/rear/1418235223450115.jpg"] and data.queries.conditions == ["night"]
     assert data.spec.split_of("night-rain") == "night" and data.spec.split_of("overcast-winter") == "day"
-    # Centre-relative NVM measurements become pixels that the map points project to.
+    # Absolute NVM measurements (COLMAP's exporter) are the pixels the map points project to.
     pose = data.scene.pose(0)
     obs = data.scene.obs_image == 0
     cam = data.scene.image_cameras[0]
@@ -53,6 +57,8 @@ def test_robotcar_training_poses_are_camera_to_world_and_validate(robotcar):
     np.testing.assert_allclose(data.validation.gt_poses[0].t, truth.t, atol=1e-9)
     train = reader(robotcar.root, queries="train").load()
     assert train.queries.has_ground_truth and train.queries.names == [name]
+    # Evaluating the training queries: they must not also select checkpoints (holdout validation instead).
+    assert train.validation is None
 
 
 def test_robotcar_matrix_round_trip():
@@ -67,8 +73,6 @@ def test_robotcar_matrix_round_trip():
 
 
 def test_robotcar_test_list_accepts_optional_condition_prefix_UNSURE(robotcar, tmp_path):
-    import shutil
-
     root = tmp_path / "copy"
     shutil.copytree(robotcar.root, root)
     (root / "robotcar_v2_test.txt").write_text("night/rear/1418235223450115.png\n")
@@ -84,10 +88,52 @@ def test_robotcar_test_list_accepts_optional_condition_prefix_UNSURE(robotcar, t
     ("3D-models/all-merged/all.nvm", "NVM_V3\n\n1\n./overcast-reference/rear/1.png 1 1 0 0\n", 4, "11 fields"),
 ])
 def test_robotcar_malformed_lines_name_file_and_line(robotcar, tmp_path, file, content, line, message):
-    import shutil
-
     root = tmp_path / "copy"
     shutil.copytree(robotcar.root, root)
     (root / file).write_text(content)
     with pytest.raises(InputError, match=f"{file.split('/')[-1]}:{line}: .*{message}"):
         reader(root).load()
+
+
+NVM = "3D-models/all-merged/all.nvm"
+
+
+def rewrite_measurements(path, shift) -> None:  # noqa: ANN001
+    """Rewrite an NVM file with every measurement moved by ``shift`` pixels."""
+    model = read_nvm(path)
+    tracks = [[] for _ in model.points_xyz]
+    for img, point, feat, (x, y) in zip(model.obs_image, model.obs_point, model.obs_feature, model.obs_xy.astype(float)):
+        tracks[point].append((int(img), int(feat), x + shift[0], y + shift[1]))
+    write_nvm(path, model.names, model.focals, model.qvecs, model.centers, model.points_xyz, tracks)
+
+
+def test_robotcar_absolute_all_nvm_detected_and_override(robotcar, caplog):
+    with caplog.at_level(logging.INFO, logger="fuseloc.data.readers.nvm"):
+        auto = reader(robotcar.root).load()
+    assert any("all.nvm: measurements are absolute pixels" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fuseloc.data.readers.nvm"):
+        forced = reader(robotcar.root, measurements="centered").load()
+    # The override is obeyed (centre-relative reading adds W/2, H/2) and the disagreement is logged.
+    np.testing.assert_allclose(forced.scene.obs_xy, auto.scene.obs_xy + 128.0, atol=1e-3)
+    assert any("read as centered as configured, but they look absolute" in r.getMessage() for r in caplog.records)
+
+
+def test_robotcar_centre_relative_all_nvm_reads_the_same(robotcar, tmp_path):
+    """A VisualSFM-style (centre-relative) copy of the same model gives the same map."""
+    root = tmp_path / "copy"
+    shutil.copytree(robotcar.root, root)
+    rewrite_measurements(root / NVM, (-128.0, -128.0))
+    absolute = reader(robotcar.root).load().scene
+    centered = reader(root).load().scene
+    np.testing.assert_allclose(centered.obs_xy, absolute.obs_xy, atol=1e-3)
+    np.testing.assert_array_equal(centered.obs_point, absolute.obs_point)
+
+
+def test_robotcar_all_nvm_fitting_neither_convention_is_rejected(robotcar, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(robotcar.root, root)
+    rewrite_measurements(root / NVM, (-64.0, 64.0))  # a quarter of the image off under either reading
+    with pytest.raises(InputError, match=r"all.nvm: cannot tell whether NVM measurements are absolute or centre-relative"):
+        reader(root).load()
+    assert reader(root, measurements="absolute").load().scene.num_points > 0  # an explicit choice is obeyed

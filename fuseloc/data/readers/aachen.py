@@ -30,6 +30,8 @@ from fuseloc.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+#: Queries the release evaluates (DATASETS.md §4.2): 824 day + 191 night (98 of v1.0 + 93 added in v1.1).
+RELEASE_QUERY_COUNTS = {"day": 824, "night": 191}
 DAY_LIST = "queries/day_time_queries_with_intrinsics.txt"
 NIGHT_LISTS = ("queries/night_time_queries_with_intrinsics_v1_1.txt", "queries/night_time_queries_with_intrinsics.txt")
 
@@ -87,6 +89,12 @@ class AachenDayNight(DatasetReader):
         if self.check_images:
             check_images_exist(image_root, scene.image_names, root / self.model, "database")
         queries = QuerySet(names, cameras, None, conditions, image_root)
+        counts = {c: conditions.count(c) for c in RELEASE_QUERY_COUNTS}
+        if counts != RELEASE_QUERY_COUNTS:
+            # A partial or v1.0 list still runs, but its submission would not score as the benchmark's.
+            logger.warning("Aachen: the query lists (%s) hold %d day and %d night queries; the v1.1 release "
+                           "evaluates %d day and %d night", ", ".join(str(p) for p in self.query_lists(root)),
+                           counts["day"], counts["night"], RELEASE_QUERY_COUNTS["day"], RELEASE_QUERY_COUNTS["night"])
         logger.info("Aachen: %d database images, %d points, %d queries (%d night)", scene.num_images, scene.num_points,
                     len(names), conditions.count("night"))
         spec = BenchmarkSpec(name=self.name, thresholds=STANDARD_THRESHOLDS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -9,6 +10,8 @@ from typing import Literal
 
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 #: visuallocalization.net thresholds: (metres, degrees).
 STANDARD_THRESHOLDS: tuple[tuple[float, float], ...] = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
@@ -62,7 +65,9 @@ class LocalizationData:
         spec: scoring and submission rules.
         root: dataset root, used for cache keys and messages.
         validation: queries with ground truth for validation during training (e.g. RobotCar training
-            queries, Cambridge test poses); None lets the DataModule hold out database images instead.
+            queries when the test list is localized); None lets the DataModule hold out database images
+            instead. Never the evaluation queries: checkpoints are selected on validation, so a validation
+            query that is also in ``queries`` is dropped here (with a warning), and an emptied set becomes None.
         part: name of this part when a dataset has several independent maps (``slice2``, ``ShopFacade``);
             None for single-map datasets.
     """
@@ -73,6 +78,19 @@ class LocalizationData:
     root: Path
     validation: QuerySet | None = None
     part: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.validation is None:
+            return
+        evaluated = set(self.queries.names)
+        keep = [i for i, name in enumerate(self.validation.names) if name not in evaluated]
+        if len(keep) == len(self.validation):
+            return
+        logger.warning("%s%s: %d of %d validation queries are also evaluation queries; they are not used for "
+                       "validation%s", self.spec.name, f"/{self.part}" if self.part else "",
+                       len(self.validation) - len(keep), len(self.validation),
+                       "" if keep else " (validation falls back to held-out database images)")
+        self.validation = self.validation.subset(keep) if keep else None
 
 
 class DatasetReader:

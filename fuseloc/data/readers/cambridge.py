@@ -32,7 +32,7 @@ from fuseloc.data.readers.base import (
 )
 from fuseloc.data.readers.colmap_model import read_model
 from fuseloc.data.readers.generic import read_image_list
-from fuseloc.data.readers.nvm import read_nvm
+from fuseloc.data.readers.nvm import MeasurementConvention, read_nvm
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
 from fuseloc.io import parse_floats
@@ -100,12 +100,20 @@ class CambridgeLandmarks(DatasetReader):
         image_size: (width, height) of the frames; default: read from the first database image.
         check_images: fail early when a listed image file is missing.
         name: benchmark name used in output paths.
+        measurements: pixel convention of ``reconstruction.nvm`` measurements (``map_source='nvm'``): ``auto``
+            (decided by reprojection; the release files, written by VisualSFM, are centre-relative),
+            ``absolute`` or ``centered``.
+
+    No validation queries are handed out (``LocalizationData.validation`` is None): the only posed queries
+    are the test images, and selecting checkpoints on them would tune on the test set. Training validates
+    on held-out database images instead (the DataModule's ``holdout``).
     """
 
     def __init__(self, root: str | Path | None = None, scenes: list[str] | None = None,
                  map_source: Literal["colmap", "nvm"] = "colmap", ground_truth: Literal["colmap", "original"] = "colmap",
                  colmap_dir: str = "CambridgeLandmarks_Colmap_Retriangulated_1024px",
-                 image_size: tuple[int, int] | None = None, check_images: bool = True, name: str = "cambridge"):
+                 image_size: tuple[int, int] | None = None, check_images: bool = True, name: str = "cambridge",
+                 measurements: MeasurementConvention = "auto"):
         self.root = root
         self.scenes = list(SCENES) if scenes is None else list(scenes)
         self.map_source = map_source
@@ -114,6 +122,7 @@ class CambridgeLandmarks(DatasetReader):
         self.image_size = image_size
         self.check_images = check_images
         self.name = name
+        self.measurements = measurements
 
     def spec(self) -> BenchmarkSpec:
         return BenchmarkSpec(name=self.name, thresholds=CAMBRIDGE_THRESHOLDS, report="median")
@@ -140,7 +149,7 @@ class CambridgeLandmarks(DatasetReader):
             check_images_exist(root, queries.names, root / scene_name, "query")
         logger.info("Cambridge %s: %d database images, %d points, %d queries", scene_name, scene.num_images,
                     scene.num_points, len(queries))
-        return LocalizationData(scene=scene, queries=queries, spec=self.spec(), root=root, validation=queries,
+        return LocalizationData(scene=scene, queries=queries, spec=self.spec(), root=root, validation=None,
                                 part=scene_name)
 
     def _size(self, root: Path, first_image: str) -> tuple[int, int]:
@@ -190,7 +199,8 @@ class CambridgeLandmarks(DatasetReader):
         keep = np.array([n in train_names for n in raw_names])
         if not keep.any():
             raise InputError("no NVM image is listed in dataset_train.txt", nvm_path)
-        scene = model.to_scene([f"{scene_name}/{n}" for n in raw_names], cameras, keep, image_root=root)
+        scene = model.to_scene([f"{scene_name}/{n}" for n in raw_names], cameras, keep, image_root=root,
+                               measurements=self.measurements)
         test_poses = read_dataset_poses(root / scene_name / "dataset_test.txt")
         camera_of = dict(zip(raw_names, cameras))
         missing = [n for n in test_poses if n not in camera_of]

@@ -124,7 +124,7 @@ class ExtendedCMUSeasons(DatasetReader):
         if self.queries == "train":
             if validation is None:
                 raise InputError("queries='train' needs non-empty camera-poses/*.txt ground truth", slice_dir / "camera-poses")
-            queries = validation
+            queries, validation = validation, None  # evaluated queries never validate
         else:
             list_path = slice_dir / f"test-images-slice{number}.txt"
             names, query_cameras = [], []

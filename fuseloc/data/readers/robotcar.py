@@ -9,8 +9,11 @@ Layout::
     root/robotcar_v2_train.txt                                   <cond>/rear/<ts>.png + 4x4 camera-to-world
 
 Quirks handled here: NVM names lose their leading ``./`` and their ``.png`` becomes ``.jpg`` (files on disk
-are JPEG); NVM measurements are centre-relative; the test list's condition is found by looking the
-timestamp up in the condition folders; training poses are camera-to-world and are inverted.
+are JPEG); the reference model was built with COLMAP, whose NVM exporter writes ABSOLUTE pixel measurements
+(not VisualSFM's centre-relative ones): the convention is checked by reprojection when the file is read
+(DATASETS.md §2.1); the test list's condition is found by looking the timestamp up in the condition folders;
+training poses are camera-to-world and are inverted. The training queries are the validation set only when
+the test list is what gets localized: no query is ever used both for model selection and for evaluation.
 Internal names are ``<condition>/<camera>/<timestamp>.jpg``; submissions use ``rear/<timestamp>.jpg``.
 """
 
@@ -31,7 +34,7 @@ from fuseloc.data.readers.base import (
     check_images_exist,
     resolve_root,
 )
-from fuseloc.data.readers.nvm import read_nvm
+from fuseloc.data.readers.nvm import MeasurementConvention, read_nvm
 from fuseloc.data.scene import QuerySet
 from fuseloc.errors import InputError
 from fuseloc.io import iter_lines, parse_floats
@@ -81,17 +84,22 @@ class RobotCarSeasons(DatasetReader):
         nvm: reference NVM model relative to ``root``.
         intrinsics: folder of ``<camera>_intrinsics.txt`` files relative to ``root``.
         test_list: v2 test query list relative to ``root``.
-        train_list: v2 training queries with poses relative to ``root``; the validation set when present.
-        queries: ``test`` (server submission) or ``train`` (local evaluation against the public poses).
+        train_list: v2 training queries with poses relative to ``root``; the validation set when present and
+            ``queries`` is ``test``.
+        queries: ``test`` (server submission) or ``train`` (local evaluation against the public poses; validation
+            then holds out database images instead).
         image_size: (width, height) of the images; 1024x1024 in the release.
         check_images: fail early when a listed image file is missing.
         name: benchmark name used in output paths.
+        measurements: pixel convention of the NVM measurements: ``auto`` (decided by reprojection; the release
+            file is absolute), ``absolute`` or ``centered``.
     """
 
     def __init__(self, root: str | Path | None = None, images: str = "images", nvm: str = "3D-models/all-merged/all.nvm",
                  intrinsics: str = "intrinsics", test_list: str = "robotcar_v2_test.txt",
                  train_list: str = "robotcar_v2_train.txt", queries: Literal["test", "train"] = "test",
-                 image_size: tuple[int, int] = (1024, 1024), check_images: bool = True, name: str = "robotcar_v2"):
+                 image_size: tuple[int, int] = (1024, 1024), check_images: bool = True, name: str = "robotcar_v2",
+                 measurements: MeasurementConvention = "auto"):
         self.root = root
         self.images = images
         self.nvm = nvm
@@ -102,6 +110,7 @@ class RobotCarSeasons(DatasetReader):
         self.image_size = image_size
         self.check_images = check_images
         self.name = name
+        self.measurements = measurements
         self._cameras: dict[str, Camera] = {}
         self._index: dict[tuple[str, str], list[str]] | None = None
 
@@ -192,18 +201,18 @@ class RobotCarSeasons(DatasetReader):
                 raise InputError(f"NVM image {raw!r} is not '<condition>/<camera>/<timestamp>.png'", nvm_path)
             names.append(f"{parts[0]}/{parts[1]}/{PurePosixPath(parts[2]).stem}.jpg")
             cameras.append(self._camera(root, parts[1], nvm_path))
-        scene = model.to_scene(names, cameras, image_root=image_root)
+        scene = model.to_scene(names, cameras, image_root=image_root, measurements=self.measurements)
         if self.check_images:
             check_images_exist(image_root, scene.image_names, nvm_path, "database")
         train = self.read_train_list(root) if (root / self.train_list).is_file() else None
         if self.queries == "train":
             if train is None:
                 raise InputError("queries='train' needs the training poses file", root / self.train_list)
-            queries = train
+            queries, validation = train, None
         else:
-            queries = self.read_test_list(root)
+            queries, validation = self.read_test_list(root), train
         logger.info("RobotCar: %d database images, %d points, %d %s queries", scene.num_images, scene.num_points,
                     len(queries), self.queries)
         spec = BenchmarkSpec(name=self.name, thresholds=STANDARD_THRESHOLDS, splits=DAY_NIGHT_SPLITS,
                              submission_names="parent_basename", submission_extension=".jpg")
-        return LocalizationData(scene=scene, queries=queries, spec=spec, root=root, validation=train)
+        return LocalizationData(scene=scene, queries=queries, spec=spec, root=root, validation=validation)
