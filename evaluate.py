@@ -21,7 +21,7 @@ from fuseloc.data.features import GlobalExtractor, LocalExtractor, Sift, Vlad
 from fuseloc.data.readers.base import DatasetReader
 from fuseloc.data.triangulate import TriangulationConfig
 from fuseloc.errors import InputError
-from fuseloc.localize.index import IndexConfig
+from fuseloc.localize.index import IndexConfig, check_gpu_request
 from fuseloc.localize.pipeline import LocalizerConfig
 from fuseloc.localize.pose import PnPConfig
 
@@ -35,7 +35,8 @@ def evaluate(
     local_features_path: Path | None = None,
     global_features_path: Path | None = None,
     lambdas: list[float] = [1.0, 0.5],  # noqa: B006 (jsonargparse reads defaults from the signature)
-    reduction: Literal["pca", "random", "gaussian"] = "pca",
+    reduction: Literal["pca", "random", "gaussian", "shuffle"] = "pca",
+    normalize_reduced: bool = True,
     checkpoint: Path | None = None,
     query_global: Literal["light", "heavy"] = "light",
     min_inliers: int = 12,
@@ -47,6 +48,7 @@ def evaluate(
     output_dir: Path = Path("outputs"),
     progress: bool = True,
     overwrite: bool = False,
+    device: str = "cpu",
 ) -> list:
     """Evaluate fixed fusions (one per λ; λ = 1 is local-only) and optionally a learned fusion.
 
@@ -59,7 +61,9 @@ def evaluate(
             extracting; it must hold every database and query image.
         global_features_path: an existing global feature file (hloc's ``global-feats-*.h5`` or ours).
         lambdas: λ of each fixed fusion to run (weight of the local descriptor).
-        reduction: how the global descriptor is reduced to the local dimension: pca, random or gaussian.
+        reduction: how the global descriptor is reduced to the local dimension: pca, random, gaussian or
+            shuffle (the FUSELOC authors' seeded coordinate selection; see configs/eval/paper/).
+        normalize_reduced: L2-normalise the reduced global part (fuseloc); the authors do not.
         checkpoint: a train.py checkpoint whose learned fusion is evaluated too.
         query_global: ``light`` (the query's own global descriptor) or ``heavy`` (its nearest database image's).
         min_inliers: PnP inliers below which a query is marked failed and gets the nearest database pose.
@@ -73,6 +77,11 @@ def evaluate(
         progress: show progress bars.
         overwrite: delete this benchmark's caches and results under ``output_dir`` first and start from scratch
             (otherwise every finished step is reused and an interrupted run resumes).
+        device: where the fusions run (map building and query fusion): ``cpu`` (default), ``cuda``, ``cuda:N``
+            or ``auto`` (CUDA when torch sees a GPU, else CPU). The default is the CPU because fusing one query
+            is a few element-wise operations on a few thousand keypoints, which a host-to-GPU round trip does
+            not beat; ``cuda`` pays off for learned fusions with a local projection over large maps. Maps are
+            cached by fusion, not by device. The faiss index has its own switch: ``--index.use_gpu true``.
     """
     # Kept to re-run this very evaluation on each part of a multi-map dataset (CMU slices, Cambridge scenes).
     call_args = dict(locals())
@@ -88,6 +97,8 @@ def evaluate(
     from fuseloc.localize.hierarchical import HierarchicalConfig
     from fuseloc.models.fusion import FixedFusion
 
+    torch_device = resolve_device(device)
+    check_gpu_request(index or IndexConfig())  # before features and maps are built, not after
     data_reader = data if data is not None else EmbeddedTown()
     local_features = local_features or Sift()
     global_features = global_features or Vlad()
@@ -113,12 +124,14 @@ def evaluate(
     outcomes = []
     for lam in lambdas:
         label = "local-only" if lam == 1.0 else f"fused-lam{lam:g}"
-        fusion = FixedFusion(local_dim, global_dim, lam=lam, reduction=reduction)  # type: ignore[arg-type]
+        fusion = FixedFusion(local_dim, global_dim, lam=lam, reduction=reduction,  # type: ignore[arg-type]
+                             normalize_reduced=normalize_reduced)
+        fusion.to(torch_device)
         outcomes.append(run_method(label, fusion, scene, loaded, features, localizer, cache_dir, bench_dir, progress=progress))
     if checkpoint is not None:
         from fuseloc.models.module import load_fusion_from_checkpoint
 
-        fusion = load_fusion_from_checkpoint(checkpoint)
+        fusion = load_fusion_from_checkpoint(checkpoint).to(torch_device)
         fusion.check_dims(local_dim, global_dim, str(checkpoint))
         outcomes.append(run_method("learned", fusion, scene, loaded, features, localizer, cache_dir, bench_dir,
                                    fit=False, progress=progress))
@@ -136,6 +149,27 @@ def evaluate(
     for o in outcomes:
         print(f"{o.label}: {o.output_dir / 'submission.txt'}")
     return outcomes
+
+
+def resolve_device(device: str):  # noqa: ANN201 (torch.device; torch is imported lazily to keep --help fast)
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` as a torch device; a one-line InputError when it is not there."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise InputError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise InputError(f"device {device!r}: torch {torch.__version__} ({build}) sees no CUDA device; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return resolved
 
 
 def _evaluate_parts(parts: list, call_args: dict) -> list:
@@ -179,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=cfg.pop("log_level"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg.pop("config", None)
     try:
-        init = parser.instantiate(cfg)
+        init = instantiate(parser, cfg)
         evaluate(**init)
     except InputError as exc:
         logger.error("%s", " ".join(str(exc).split()))
@@ -188,6 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("interrupted; run the same command again to resume where it stopped")
         return 130
     return 0
+
+
+def instantiate(parser, cfg):  # noqa: ANN001, ANN201 (jsonargparse parser and namespace)
+    """The configured objects; a constructor's InputError (a weight file that is not there, say) stays one
+    InputError instead of jsonargparse's multi-line union report with a traceback."""
+    try:
+        return parser.instantiate(cfg)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (jsonargparse wraps constructor errors in its own types)
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, InputError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise InputError(f"invalid configuration: {config_error_line(str(exc))}") from None
 
 
 def config_error_line(message: str) -> str:

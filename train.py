@@ -3,6 +3,8 @@
     python train.py fit                                         # embedded town, configs/base.yaml
     python train.py fit --config configs/train/strecha_fountain.yaml
     python train.py fit --trainer.devices 2 --trainer.strategy ddp
+    python train.py fit --trainer.accelerator gpu --trainer.devices 1              # CUDA (fusion, loss, validation)
+    python train.py fit --data.global_features fuseloc.data.extractors.MegaLoc   # any GlobalExtractor, not only VLAD
     python train.py fit --print_config                          # every option with its default
 
 configs/base.yaml is always read first; ``--config`` files state only what differs. The checkpoint

@@ -219,15 +219,6 @@ def test_unknown_kind_is_rejected():
 
 
 @pytest.mark.skipif(gpu_available(), reason="checks the CPU fallback; this machine has a GPU")
-def test_gpu_request_without_gpu_falls_back_to_cpu(caplog):
-    points, queries = _data(num_points=500)
-    with caplog.at_level(logging.WARNING, logger="fuseloc.localize.index"):
-        index = MapIndex(points, IndexConfig(kind="flat", use_gpu=True))
-    assert not index.on_gpu and "GPU" in caplog.text
-    _, idx = _brute_force(points, queries)
-    np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not gpu_available(), reason="needs faiss-gpu and a CUDA device")
 def test_gpu_flat_and_ivf_match_brute_force():

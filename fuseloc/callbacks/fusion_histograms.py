@@ -7,6 +7,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from fuseloc.models.fusion import to_fusion
+
 
 class FusionHistograms(pl.Callback):
     """Every ``every_n_epochs`` training epochs: a histogram per fusion parameter, the local per-dimension gate
@@ -35,5 +37,5 @@ class FusionHistograms(pl.Callback):
             tb.experiment.add_histogram("fusion/local_gate", fusion.local_gate().cpu(), step)
         corr = getattr(trainer.datamodule, "correspondences", None)
         if hasattr(fusion, "global_gate") and corr is not None:
-            reduced_part = fusion.reduce_global(torch.from_numpy(corr.global_desc).to(pl_module.device))
+            reduced_part = fusion.reduce_global(to_fusion(fusion, corr.global_desc))
             tb.experiment.add_histogram("fusion/global_part_norm", reduced_part.norm(dim=1).cpu(), step)

@@ -1,9 +1,12 @@
 """The training data: database observations of any dataset (a reader is a config choice) and a validation split.
 
-Features, VLAD and triangulated maps come from :mod:`fuseloc.data.prepare`, the functions evaluate.py uses, with the
-same cache directory as ``evaluate.py`` (``<output_dir>/<benchmark>/cache``), so training and evaluation share
-caches and, crucially, the same VLAD vocabulary: the learned projection of the global descriptor is only
-meaningful for the vocabulary it was trained with.
+Features, global descriptors (any :class:`~fuseloc.data.features.GlobalExtractor`: VLAD, NetVLAD, MegaLoc, SALAD...)
+and triangulated maps come from :mod:`fuseloc.data.prepare`, the functions evaluate.py uses, with the same cache
+directory and file names as ``evaluate.py`` (``<output_dir>/<benchmark>/cache``), so training and evaluation share
+caches and, crucially, the same global descriptors (for VLAD, the same vocabulary): the learned projection of the
+global descriptor is only meaningful for the descriptor it was trained with. The global dimension G the fusion is
+built for comes from the extractor (:func:`~fuseloc.data.prepare.global_descriptor_dim`) and is checked against
+the cache.
 
 Validation split (``validation``):
 
@@ -34,8 +37,8 @@ from fuseloc.data.correspondences import (
     gather_correspondences,
     mine_confusers,
 )
-from fuseloc.data.features import FeatureCache, LocalExtractor, Sift, Vlad
-from fuseloc.data.prepare import PreparedFeatures, prepare_features, prepare_scene
+from fuseloc.data.features import FeatureCache, GlobalExtractor, LocalExtractor, Sift, Vlad
+from fuseloc.data.prepare import PreparedFeatures, global_descriptor_dim, prepare_features, prepare_scene
 from fuseloc.data.readers.base import BenchmarkSpec, DatasetReader, LocalizationData
 from fuseloc.data.readers.town import EmbeddedTown
 from fuseloc.data.scene import QuerySet, Scene
@@ -90,7 +93,8 @@ class FuseLocDataModule(pl.LightningDataModule):
         dataset: the dataset reader; default: the embedded synthetic town, validated on day and night queries
             of a second rendering (query seed 1) of the same town and database.
         local_features: local feature extractor (as in evaluate.py).
-        global_features: VLAD settings (as in evaluate.py: they must match for the checkpoint to apply).
+        global_features: any global descriptor (``GlobalExtractor``: VLAD, NetVLAD, MegaLoc, SALAD...; selected
+            by ``class_path`` as in evaluate.py, whose setting it must match for the checkpoint to apply).
         output_dir: root of outputs; caches live in ``<output_dir>/<benchmark>/cache`` as for evaluate.py.
         triangulation: how a map is triangulated when the reader gives no 3D points.
         validation: ``auto`` or ``holdout`` (see the module docstring).
@@ -109,7 +113,7 @@ class FuseLocDataModule(pl.LightningDataModule):
         self,
         dataset: DatasetReader = lazy_instance(EmbeddedTown, validation_query_seed=1),  # noqa: B008 (lazy default)
         local_features: LocalExtractor = lazy_instance(Sift),  # noqa: B008
-        global_features: Vlad = lazy_instance(Vlad),  # noqa: B008
+        global_features: GlobalExtractor = lazy_instance(Vlad),  # noqa: B008
         output_dir: Path = Path("outputs"),
         triangulation: TriangulationConfig = TriangulationConfig(),  # noqa: B008 (frozen)
         validation: Literal["auto", "holdout"] = "auto",
@@ -138,6 +142,7 @@ class FuseLocDataModule(pl.LightningDataModule):
         self.confuser_neighbors = confuser_neighbors
         self.confuser_min_distance = confuser_min_distance
         self.val_loss_batches = val_loss_batches
+        self._global_dim: int | None = None
         self.correspondences: Correspondences | None = None
         self.confusers: np.ndarray | None = None
         self.validation_set: ValidationSet | None = None
@@ -151,8 +156,10 @@ class FuseLocDataModule(pl.LightningDataModule):
 
     @property
     def global_dim(self) -> int:
-        """G = VLAD clusters x D."""
-        return int(self.global_features.num_clusters * self.local_features.dim)
+        """G, as the global extractor declares or measures it (see :func:`~fuseloc.data.prepare.global_descriptor_dim`)."""
+        if self._global_dim is None:
+            self._global_dim = global_descriptor_dim(self.global_features, self.local_dim)
+        return self._global_dim
 
     # ----------------------------------------------------------------------------------------- preparation
 
@@ -199,6 +206,11 @@ class FuseLocDataModule(pl.LightningDataModule):
                 data, local_path, global_path, local_tag, global_tag, scene, val_queries, source = payload
                 features = PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
         self.correspondences = gather_correspondences(scene, features.cache, features.local_tag)
+        found = self.correspondences.global_desc.shape[1]
+        if found != self.global_dim:
+            # The fusion was built for global_dim (train.py links it); a cache of another size cannot train it.
+            raise InputError(f"{self.global_features.tag()} declares {self.global_dim}-D global descriptors, but its "
+                             f"cache holds {found}-D ones", features.cache.global_path)
         self.confusers = mine_confusers(self.correspondences, self.confuser_neighbors, self.confuser_min_distance)
         self.validation_set = ValidationSet(scene, features, val_queries, data.spec, source, self.correspondences)
         logger.info("validation on %d %s queries of %s", len(val_queries), source, data.spec.name)

@@ -7,15 +7,19 @@ stale one. It lives in the data layer so the training DataModule can use it with
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from fuseloc.data.features import (
     FeatureCache,
     GlobalExtractor,
     LocalExtractor,
+    LocalFeatures,
     check_feature_file,
     extract_global_features,
     extract_local_features,
@@ -109,6 +113,32 @@ def prepare_features(
                                                   train_names=data.scene.image_names, progress=progress)
     logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
     return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag, database_fingerprint)
+
+
+#: random local descriptors a local-feature aggregator is fitted on and run over to measure its output size
+_PROBE_DESCRIPTORS = 4096
+
+
+def global_descriptor_dim(extractor: GlobalExtractor, local_dim: int) -> int:
+    """G, the size of the descriptors ``extractor`` writes, known before any image is described.
+
+    Network extractors (NetVLAD, MegaLoc, SALAD...) declare it as ``dim``. An aggregator of local features
+    whose size follows from them (VLAD: clusters x D) declares none; a copy of it is fitted on and run over
+    random ``local_dim``-D descriptors instead, so no formula of any one aggregator lives here. The real
+    caches are checked against this value once they exist.
+    """
+    declared = getattr(extractor, "dim", None)
+    if declared is not None:
+        return int(declared)
+    if not extractor.uses_local_features:
+        raise InputError(f"global extractor {type(extractor).__name__} ({extractor.tag()}) declares no descriptor "
+                         "dimension; give it a `dim` property")
+    probe = copy.deepcopy(extractor)
+    sample = np.random.default_rng(0).standard_normal((_PROBE_DESCRIPTORS, local_dim)).astype(np.float32)
+    if probe.needs_fit:
+        probe.fit(sample)
+    local = LocalFeatures(np.zeros((len(sample), 2), np.float32), sample, np.ones(len(sample), np.float32), (1, 1))
+    return int(np.asarray(probe.describe(None, local)).size)
 
 
 def prepare_scene(

@@ -18,7 +18,14 @@ from fuseloc.data.observations import ImageObservations, iter_image_observations
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.io import atomic_path
-from fuseloc.models.fusion import Fusion, fusion_class_path, fusion_init_args, instantiate_fusion
+from fuseloc.models.fusion import (
+    Fusion,
+    fusion_class_path,
+    fusion_init_args,
+    instantiate_fusion,
+    to_fusion,
+    to_numpy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +153,8 @@ def build_fused_map(
     db_global = features.global_descriptors(scene.image_names)
     first_local = features.local(scene.image_names[0])
     fusion.check_dims(first_local.descriptors.shape[1], db_global.shape[1], str(features.local_path))
-    reduced = fusion.reduce_global(torch.from_numpy(db_global))
+    # The fusion runs where it lives (CPU or GPU, any float dtype); the sums stay float64 on the host.
+    reduced = fusion.reduce_global(to_fusion(fusion, db_global))
     sums = np.zeros((scene.num_points, fusion.out_dim), np.float64)
     counts = np.zeros(scene.num_points, np.int64)
     if observations is None:
@@ -155,7 +163,7 @@ def build_fused_map(
         if len(observed.points) == 0:
             continue
         i = observed.image_index
-        fused = fusion.fuse(torch.from_numpy(observed.descriptors), reduced[i : i + 1]).numpy()
+        fused = to_numpy(fusion.fuse(to_fusion(fusion, observed.descriptors), reduced[i : i + 1]))
         points = observed.points
         # np.add.at is ~20x slower than buffered fancy-index adds (minutes at Aachen scale); an image sees a
         # point at most once in SfM models, so the buffered add is exact unless a point repeats in this image.
@@ -179,6 +187,6 @@ def build_fused_map(
         db_t=scene.t_cam_from_world.astype(np.float64),
         fusion_class=fusion_class_path(fusion),
         fusion_args=fusion_init_args(fusion),
-        fusion_state={k: v.detach().cpu().numpy() for k, v in fusion.state_dict().items()},
+        fusion_state={k: to_numpy(v) for k, v in fusion.state_dict().items()},
         config={**(config or {}), "association": association, "radius": radius},
     )

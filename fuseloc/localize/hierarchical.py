@@ -21,6 +21,7 @@ from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.localize.pipeline import solve_pose
 from fuseloc.localize.pose import PnPConfig
+from fuseloc.models.fusion import to_numpy
 from fuseloc.types import Camera, Pose, PoseResult
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ class PairMatches:
 
 
 def mutual_nearest_neighbours(query: torch.Tensor, db: torch.Tensor, ratio_threshold: float = 1.0) -> PairMatches:
-    """Mutual 1-NN (squared L2) between (Q, D) and (B, D) descriptors, optionally with Lowe's ratio test."""
+    """Mutual 1-NN (squared L2) between (Q, D) and (B, D) descriptors (same device, any), optionally with Lowe's
+    ratio test. The matches come back as numpy."""
     if len(query) == 0 or len(db) == 0:
         empty = np.zeros(0, np.int64)
         return PairMatches(empty, empty, np.zeros(0, np.float32))
@@ -175,9 +177,9 @@ def mutual_nearest_neighbours(query: torch.Tensor, db: torch.Tensor, ratio_thres
         passes = torch.ones_like(nn, dtype=torch.bool)
     scores.sub_(db_sq[None]).add_(query_sq[:, None])
     backward = scores.argmin(0)
-    mutual = backward[nn] == torch.arange(len(query))
+    mutual = backward[nn] == torch.arange(len(query), device=query.device)
     rows = torch.nonzero(mutual & passes).squeeze(1)
-    return PairMatches(rows.numpy(), nn[rows].numpy(), forward[rows].clamp_min(0).numpy())
+    return PairMatches(to_numpy(rows), to_numpy(nn[rows]), to_numpy(forward[rows].clamp_min(0)))
 
 
 @dataclass

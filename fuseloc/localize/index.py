@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from fuseloc.errors import InputError
 from fuseloc.io import atomic_path, config_hash
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class IndexConfig:
         pq_m: product-quantiser sub-vectors for ``ivfpq``; 0 picks D/8.
         pq_bits: bits per sub-vector code.
         seed: seed of the training sample and k-means.
-        use_gpu: move the index to the GPU when faiss has one (HNSW stays on the CPU).
+        use_gpu: put the index on GPU 0 (needs faiss-gpu and a CUDA device, else an InputError; HNSW stays on
+            the CPU).
     """
 
     kind: IndexKind = "auto"
@@ -139,10 +141,32 @@ class SearchResult:
     indices: np.ndarray
 
 
-def gpu_available() -> bool:
+def faiss_has_gpu_support() -> bool:
+    """faiss was built with GPU support (faiss-gpu), whether or not a GPU is visible."""
     import faiss
 
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    return hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "index_cpu_to_gpu")
+
+
+def gpu_available() -> bool:
+    """faiss can put an index on a GPU here: faiss-gpu is installed and sees at least one CUDA device."""
+    import faiss
+
+    return faiss_has_gpu_support() and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def check_gpu_request(config: IndexConfig) -> None:
+    """Raise a one-line InputError when ``config.use_gpu`` asks for what this machine cannot give.
+
+    A silent CPU fallback would hide a misconfigured GPU run behind 10-100x slower searches.
+    """
+    if not config.use_gpu or gpu_available():
+        return
+    if not faiss_has_gpu_support():
+        raise InputError("use_gpu: this faiss has no GPU support (faiss-cpu); install faiss-gpu "
+                         "(pip install 'fuseloc[gpu]', which needs CUDA 12) or leave use_gpu off")
+    raise InputError("use_gpu: faiss-gpu is installed but sees no CUDA device (check nvidia-smi and "
+                     "CUDA_VISIBLE_DEVICES) or leave use_gpu off")
 
 
 def _kmeans(data: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
@@ -213,6 +237,7 @@ class MapIndex:
     """
 
     def __init__(self, descriptors: np.ndarray, config: IndexConfig = IndexConfig()):
+        check_gpu_request(config)  # before training: an IVF build on a large map takes minutes
         data = np.ascontiguousarray(descriptors, dtype=np.float32)
         num_points, dim = data.shape
         kind = config.resolved_kind(num_points)
@@ -280,12 +305,15 @@ class MapIndex:
         self.num_points, self.dim = num_points, dim
         self.kind, self.nlist = config.resolved_kind(num_points), config.resolved_nlist(num_points)
         self.on_gpu = False
-        if config.use_gpu and self.kind != "hnsw" and gpu_available():
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            self.on_gpu = True
+        self._gpu_resources = None
+        check_gpu_request(config)
+        if config.use_gpu and self.kind == "hnsw":
+            logger.warning("faiss GPU requested, but HNSW has no GPU version; using the CPU index")
         elif config.use_gpu:
-            logger.warning("faiss GPU requested but %s; using the CPU index",
-                           "HNSW has no GPU version" if self.kind == "hnsw" else "no GPU is available")
+            # The GPU index borrows the resources object (streams, scratch memory): keep it alive with the index.
+            self._gpu_resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, index)
+            self.on_gpu = True
         self.index = index
         self._set_search_params()
         logger.debug("%s index over %d x %d descriptors%s", self.kind, num_points, dim,
@@ -380,6 +408,7 @@ def load_or_build_index(descriptors: np.ndarray, config: IndexConfig = IndexConf
     there, else built (and, for the approximate kinds, written there). Flat indexes are never cached: building
     one is a copy. An unreadable cache file is rebuilt and replaced, with a warning.
     """
+    check_gpu_request(config)
     num_points, dim = descriptors.shape
     kind = config.resolved_kind(num_points)
     if cache_dir is None or kind == "flat":

@@ -17,7 +17,7 @@ from fuseloc.data.scene import QuerySet
 from fuseloc.localize.fused_map import FusedMap
 from fuseloc.localize.index import IndexConfig, SearchResult, load_or_build_index
 from fuseloc.localize.pose import PnPConfig, estimate_absolute_pose
-from fuseloc.models.fusion import Fusion
+from fuseloc.models.fusion import Fusion, fuse_numpy
 from fuseloc.types import Camera, Pose, PoseResult
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ class LocalizerConfig:
             every 1-NN match.
         unique_points: keep only the closest query keypoint per map point; the others matched to the same
             point are mostly outliers that would only slow RANSAC down.
-        use_gpu: faiss on the GPU when one is present (same as ``index.use_gpu``).
+        use_gpu: the faiss index on the GPU (same as ``index.use_gpu``; needs faiss-gpu and a CUDA device,
+            else an InputError). The fusion runs wherever it lives: pass one moved to ``cuda`` to fuse there.
     """
 
     query_global: Literal["light", "heavy"] = "light"
@@ -60,6 +61,10 @@ class QueryMatches:
 
 class Localizer:
     """Holds a fused map, its faiss index and the fusion, and localizes queries one by one.
+
+    The fusion may live on any device and in any float dtype (``fusion.to("cuda")``): query descriptors go
+    to it and come back as numpy through :func:`~fuseloc.models.fusion.fuse_numpy`. Without ``fusion``, the
+    map's own is rebuilt on the CPU.
 
     ``index_cache_dir``: keep built approximate indexes there (keyed by the map's descriptors and the build
     settings), so a re-run over the same map loads instead of retraining.
@@ -87,8 +92,7 @@ class Localizer:
         if self.config.query_global == "heavy":
             global_desc = self.db_global[self.nearest_database_image(global_desc)]
         self.fusion.check_dims(local_desc.shape[1], global_desc.shape[0], "query features")
-        reduced = self.fusion.reduce_global(torch.from_numpy(np.asarray(global_desc, np.float32))[None])
-        fused = self.fusion.fuse(torch.from_numpy(np.asarray(local_desc, np.float32)), reduced).numpy()
+        fused = fuse_numpy(self.fusion, local_desc, global_desc)
         t1 = time.perf_counter()
         use_ratio = self.config.ratio_threshold < 1.0
         result = self.index.search(fused, k=2 if use_ratio else 1)

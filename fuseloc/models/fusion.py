@@ -19,7 +19,7 @@ from fuseloc.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-Reduction = Literal["pca", "random", "gaussian"]
+Reduction = Literal["pca", "random", "gaussian", "shuffle"]
 
 
 def pca_projection(global_desc: np.ndarray, out_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +46,22 @@ def random_selection(global_dim: int, out_dim: int, seed: int) -> np.ndarray:
     picked = np.sort(np.random.default_rng(seed).choice(global_dim, out_dim, replace=False))
     projection = np.zeros((global_dim, out_dim), np.float32)
     projection[picked, np.arange(out_dim)] = 1.0
+    return projection
+
+
+def shuffled_selection(global_dim: int, out_dim: int, seed: int = 0) -> np.ndarray:
+    """A (G, out_dim) 0/1 matrix keeping the first ``out_dim`` coordinates of a seeded shuffle of the G
+    global dimensions, in shuffled order: the FUSELOC authors' reduction.
+
+    Their code seeds numpy's legacy global generator with ``seed`` and shuffles ``arange(G)`` in place; the
+    legacy ``RandomState`` gives the same permutation without touching numpy's global state.
+    """
+    if out_dim > global_dim:
+        raise InputError(f"cannot select {out_dim} of {global_dim} global dimensions")
+    order = np.arange(global_dim)
+    np.random.RandomState(seed).shuffle(order)
+    projection = np.zeros((global_dim, out_dim), np.float32)
+    projection[order[:out_dim], np.arange(out_dim)] = 1.0
     return projection
 
 
@@ -95,15 +111,20 @@ class Fusion(nn.Module):
 
 
 class FixedFusion(Fusion):
-    """The paper's fusion: ``λ·local + (1-λ)·normalize(P·(global - μ))``.
+    """A fixed fusion ``λ·local + (1-λ)·R(global)``.
+
+    The defaults are fuseloc's operating point, ``R(g) = normalize(Pᵀ(g - μ))`` with a PCA fitted on the
+    database; ``reduction="shuffle", normalize_reduced=False`` is the FUSELOC authors' exact fusion.
 
     Args:
         local_dim: D.
         global_dim: G.
         lam: λ, weight of the local descriptor in [0, 1]; 1 is local-only matching.
         reduction: how the global descriptor is brought to D dimensions: ``pca`` (fitted on the database),
-            ``random`` (random coordinate selection) or ``gaussian`` (random Gaussian projection).
-        normalize_reduced: L2-normalise the reduced global descriptor so both parts have unit norm.
+            ``random`` (random coordinate selection), ``gaussian`` (random Gaussian projection) or ``shuffle``
+            (the FUSELOC authors' reduction: the first D of a seeded legacy-numpy shuffle of the dimensions).
+        normalize_reduced: L2-normalise the reduced global descriptor so both parts have unit norm. The
+            authors do not: their reduced part keeps the global descriptor's scale (norm about sqrt(D/G)).
         seed: seed of the random reductions.
     """
 
@@ -129,8 +150,10 @@ class FixedFusion(Fusion):
             self.projection.copy_(torch.from_numpy(random_selection(global_dim, local_dim, seed)))
         elif reduction == "gaussian":
             self.projection.copy_(torch.from_numpy(gaussian_projection(global_dim, local_dim, seed)))
+        elif reduction == "shuffle":
+            self.projection.copy_(torch.from_numpy(shuffled_selection(global_dim, local_dim, seed)))
         elif reduction != "pca":
-            raise InputError(f"unknown reduction {reduction!r} (pca, random, gaussian)")
+            raise InputError(f"unknown reduction {reduction!r} (pca, random, gaussian, shuffle)")
 
     def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None) -> None:
         if self.reduction == "pca":
@@ -287,3 +310,46 @@ def instantiate_fusion(class_path: str, init_args: dict, state: dict[str, np.nda
     if state is not None:
         fusion.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
     return fusion.eval()
+
+
+# ------------------------------------------------------------------------------- device and dtype placement
+# Maps, queries and caches are numpy on the host; a fusion may live on any device in any float dtype (a CUDA
+# fusion in evaluate.py, a trained one in a Lightning module, float64 under "64-true"). Every caller crosses
+# that boundary through these two functions, so none of them builds CPU tensors or calls .numpy() on its own.
+
+
+def fusion_placement(fusion: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, floating dtype) of a fusion's first floating parameter or buffer; CPU float32 for one with none."""
+    for tensor in (*fusion.parameters(), *fusion.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def to_fusion(fusion: nn.Module, array: np.ndarray | Tensor) -> Tensor:
+    """``array`` (numpy, or a tensor anywhere) as a tensor on the fusion's device, in its floating dtype."""
+    device, dtype = fusion_placement(fusion)
+    if not isinstance(array, Tensor):
+        array = np.asarray(array)
+        # torch.from_numpy warns on read-only arrays (h5py, memory maps); the move below copies anyway.
+        array = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return array.to(device=device, dtype=dtype)
+
+
+def to_numpy(tensor: Tensor) -> np.ndarray:
+    """A fusion's output back on the host as numpy (from any device, detached from autograd)."""
+    return tensor.detach().cpu().numpy()
+
+
+def fuse_numpy(fusion: Fusion, local_desc: np.ndarray, global_desc: np.ndarray | Tensor) -> np.ndarray:
+    """Fuse one image's keypoints wherever the fusion lives: numpy in, numpy out.
+
+    Args:
+        local_desc: [N x D] local descriptors of one image.
+        global_desc: its [G] (or [1 x G]) global descriptor.
+
+    Returns:
+        [N x out_dim] fused descriptors, in the fusion's dtype.
+    """
+    reduced = fusion.reduce_global(to_fusion(fusion, global_desc).reshape(1, -1))
+    return to_numpy(fusion.fuse(to_fusion(fusion, local_desc), reduced))

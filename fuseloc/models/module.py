@@ -19,7 +19,14 @@ from torch import Tensor
 
 from fuseloc.data.correspondences import BATCH_KEYS
 from fuseloc.errors import InputError
-from fuseloc.models.fusion import Fusion, LearnedFusion, fusion_class, fusion_class_path, fusion_init_args
+from fuseloc.models.fusion import (
+    Fusion,
+    LearnedFusion,
+    fusion_class,
+    fusion_class_path,
+    fusion_init_args,
+    to_fusion,
+)
 from fuseloc.models.losses import LossOutput, MetricLoss
 
 logger = logging.getLogger(__name__)
@@ -70,8 +77,9 @@ class FuseLocModule(pl.LightningModule):
         missing = set(BATCH_KEYS) - set(batch)
         if missing:
             raise KeyError(f"batch lacks keys {sorted(missing)}")
-        reduced = self.fusion.reduce_global(batch["global"])
-        return self.fusion.fuse(batch["local"], reduced[batch["global_index"]])
+        # Lightning has moved the batch to the module's device; the cast covers caches stored as float16.
+        reduced = self.fusion.reduce_global(to_fusion(self.fusion, batch["global"]))
+        return self.fusion.fuse(to_fusion(self.fusion, batch["local"]), reduced[batch["global_index"]])
 
     def _step(self, batch: dict[str, Tensor]) -> LossOutput:
         return self.metric_loss(self.embed(batch), batch["labels"])
