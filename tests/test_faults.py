@@ -271,3 +271,17 @@ def test_changed_configuration_never_reuses_a_cache_or_prediction(finished: Path
     assert code == 0 and not errors
     assert "configuration changed since the last run; discarding its predictions" in caplog.text
     assert {p.name for p in cache_dir.iterdir()} - before == new  # nothing rebuilt for a query-time setting
+
+
+def test_missing_weight_file_of_a_configured_extractor_is_one_line_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                              capsys: pytest.CaptureFixture,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # The extractor is built while the configuration is instantiated; its error must not become jsonargparse's
+    # multi-line union report.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    code, errors = run_main(["--local_features", "fuseloc.data.extractors.D2Net", "--output_dir", str(tmp_path / "out")],
+                            caplog)
+    assert code == 2 and len(errors) == 1, errors
+    assert "d2_tf.pth" in errors[0] and str(tmp_path / "torch") in errors[0] and "\n" not in errors[0]
+    assert "Traceback" not in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from fuseloc.errors import InputError
-from fuseloc.models.fusion import FixedFusion, gaussian_projection, pca_projection, random_selection
+from fuseloc.models.fusion import (
+    FixedFusion,
+    gaussian_projection,
+    pca_projection,
+    random_selection,
+    shuffled_selection,
+)
 
 
 def naive_fixed_fusion(local, global_, lam, mean, projection):
@@ -62,3 +68,37 @@ def test_lambda_range_and_dimension_checks():
         FixedFusion(4, 8, lam=1.5)
     with pytest.raises(InputError, match="dimension mismatch"):
         FixedFusion(4, 8).fit(np.zeros((5, 9)))
+
+
+def test_shuffled_selection_is_the_authors_legacy_numpy_shuffle():
+    # Pinned: np.random.seed(0); idx = np.arange(10); np.random.shuffle(idx); idx[:4] -> [2, 8, 4, 9].
+    sel = shuffled_selection(10, 4, seed=0)
+    assert [int(np.flatnonzero(sel[:, d])[0]) for d in range(4)] == [2, 8, 4, 9]
+    assert sel.sum() == 4
+    # The same as their code (global legacy state), for a larger G, in their (unsorted) order.
+    state = np.random.get_state()
+    try:
+        np.random.seed(0)
+        order = np.arange(300)
+        np.random.shuffle(order)
+    finally:
+        np.random.set_state(state)
+    got = shuffled_selection(300, 64, seed=0)
+    np.testing.assert_array_equal(got.argmax(0), order[:64])
+    with pytest.raises(InputError):
+        shuffled_selection(4, 8)
+
+
+def test_paper_fusion_is_unnormalised_selection():
+    # λ·l + (1-λ)·g[idx]: no centring, no re-normalisation of the reduced part (the authors' operating point).
+    rng = np.random.default_rng(2)
+    fusion = FixedFusion(local_dim=5, global_dim=40, lam=0.4, reduction="shuffle", normalize_reduced=False)
+    fusion.fit(rng.standard_normal((6, 40)))  # nothing to fit: the selection is fixed by the seed
+    local = rng.standard_normal((3, 5))
+    g = rng.standard_normal(40)
+    np.random.seed(0)
+    idx = np.arange(40)
+    np.random.shuffle(idx)
+    expected = [[0.4 * row[d] + 0.6 * g[idx[d]] for d in range(5)] for row in local]
+    got = fusion(torch.tensor(local, dtype=torch.float32), torch.tensor(g, dtype=torch.float32)[None]).numpy()
+    np.testing.assert_allclose(got, np.array(expected), rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""The benchmark configs parse, keep ${FUSELOC_DATA} for the reader to expand, and carry the paper's λ."""
+"""The benchmark configs parse and keep ${FUSELOC_DATA} for the reader to expand; fuseloc's presets use its own
+fusion, the paper presets (configs/eval/paper/) the authors' exact settings."""
 
 from __future__ import annotations
 
@@ -12,18 +13,40 @@ from fuseloc.data.readers.base import resolve_root
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "eval"
 
 
-@pytest.mark.parametrize("name,reader,lam", [("aachen", "AachenDayNight", 0.4), ("robotcar", "RobotCarSeasons", 0.4),
-                                             ("cmu", "ExtendedCMUSeasons", 0.4), ("cambridge", "CambridgeLandmarks", 0.3)])
-def test_benchmark_config_instantiates_reader_with_env_root(name, reader, lam, monkeypatch, tmp_path):
-    from jsonargparse import ActionConfigFile, ArgumentParser
+READERS = {"aachen": "AachenDayNight", "robotcar": "RobotCarSeasons", "cmu": "ExtendedCMUSeasons",
+           "cambridge": "CambridgeLandmarks"}
 
-    evaluate = load_evaluate_script()
-    parser = ArgumentParser(default_meta=False)
-    parser.add_argument("--config", action=ActionConfigFile)
-    parser.add_function_arguments(evaluate.evaluate)
-    cfg = parser.parse_args(["--config", str(CONFIGS / f"{name}.yaml")])
-    init = parser.instantiate_classes(cfg)
-    assert type(init["data"]).__name__ == reader
-    assert lam in init["lambdas"] and init["query_global"] == "light"
+
+def _parse(path: Path):
+    cfg = load_evaluate_script().build_parser().parse_args(["--config", str(path)])
+    cfg.pop("config", None)
+    cfg.pop("log_level", None)
+    return cfg
+
+
+def _instantiate(path: Path) -> dict:
+    return load_evaluate_script().build_parser().instantiate(_parse(path))
+
+
+@pytest.mark.parametrize("name", sorted(READERS))
+def test_benchmark_config_instantiates_reader_with_env_root(name, monkeypatch, tmp_path):
+    init = _instantiate(CONFIGS / f"{name}.yaml")
+    assert type(init["data"]).__name__ == READERS[name]
+    # fuseloc's own operating point: PCA, unit-norm reduced part, evaluate.py's default λ beside local-only.
+    assert init["lambdas"] == [1.0, 0.5] and init["reduction"] == "pca" and init["normalize_reduced"]
+    assert init["query_global"] == "light"
     monkeypatch.setenv("FUSELOC_DATA", str(tmp_path))
     assert resolve_root(init["data"].root, "x").parent == tmp_path
+
+
+@pytest.mark.parametrize("name,lam,global_class", [("aachen", 0.4, "MegaLoc"), ("robotcar", 0.4, "MegaLoc"),
+                                                   ("cmu", 0.4, "MegaLoc"), ("cambridge", 0.3, "Salad")])
+def test_paper_preset_is_the_authors_fusion(name, lam, global_class):
+    # Parsed, not instantiated: the deep extractors look for their weight files when constructed.
+    cfg = _parse(CONFIGS / "paper" / f"{name}.yaml")
+    assert cfg.data.class_path.endswith(READERS[name])
+    assert cfg.local_features.class_path == "fuseloc.data.extractors.D2Net"
+    assert cfg.global_features.class_path == f"fuseloc.data.extractors.{global_class}"
+    assert cfg.lambdas == [1.0, lam]
+    assert cfg.reduction == "shuffle" and cfg.normalize_reduced is False
+    assert cfg.query_global == "light"
