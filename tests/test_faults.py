@@ -278,7 +278,7 @@ def test_missing_weight_file_of_a_configured_extractor_is_one_line_naming_it(tmp
                                                                               caplog: pytest.LogCaptureFixture) -> None:
     # The extractor is built while the configuration is instantiated; its error must not become jsonargparse's
     # multi-line union report.
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "torch" / "hub"))
     code, errors = run_main(["--local_features", "fuseloc.data.extractors.D2Net", "--output_dir", str(tmp_path / "out")],
                             caplog)
     assert code == 2 and len(errors) == 1, errors
