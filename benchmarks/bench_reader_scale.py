@@ -25,7 +25,8 @@ import numpy as np
 
 def write_model(model_dir: Path, num_images: int, num_points: int, mean_track: float, extra_2d: float, seed: int) -> dict:
     """A legacy binary model with random geometry and tracks; returns sizes."""
-    from fuseloc.data.readers.colmap_model import POINT2D_DTYPE, write_cameras_binary, write_points_binary
+    from fuseloc.data.readers.colmap_model import POINT2D_DTYPE
+    from fuseloc.data.writers import write_cameras_binary, write_points_binary
     from fuseloc.types import Camera
 
     rng = np.random.default_rng(seed)

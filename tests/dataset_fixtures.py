@@ -17,8 +17,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from fuseloc.data.features import Sift
-from fuseloc.data.readers.colmap_model import ImageRecord, write_model_binary, write_model_text
-from fuseloc.data.readers.nvm import write_nvm
+from fuseloc.data.writers import ImageRecord, write_model_binary, write_model_text, write_nvm
 from fuseloc.types import Camera, Pose
 
 PLANE_HALF_WIDTH = 3.2  # metres; the mosaic spans [-3.2, 3.2] x [-2.4, 2.4] on z = 0

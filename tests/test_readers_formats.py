@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from fuseloc.data.readers import nvm
-from fuseloc.data.readers.colmap_model import ImageRecord, read_model, write_model_binary, write_model_text
+from fuseloc.data.readers.colmap_model import read_model
 from fuseloc.data.readers.generic import read_pose_list
-from fuseloc.data.readers.nvm import fit_measurements, read_nvm, write_nvm
+from fuseloc.data.readers.nvm import read_nvm
+from fuseloc.data.readers.nvm_measurements import fit_measurements
 from fuseloc.data.scene import QuerySet, Scene
+from fuseloc.data.writers import ImageRecord, write_model_binary, write_model_text, write_nvm
 from fuseloc.errors import InputError
 from fuseloc.types import Camera, Pose
 

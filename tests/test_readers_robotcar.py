@@ -10,8 +10,9 @@ import pytest
 from dataset_fixtures import make_robotcar
 from readers_e2e import run_and_check_submission
 
-from fuseloc.data.readers.nvm import read_nvm, write_nvm
+from fuseloc.data.readers.nvm import read_nvm
 from fuseloc.data.readers.robotcar import RobotCarSeasons, camera_to_world_to_pose, pose_to_camera_to_world
+from fuseloc.data.writers import write_nvm
 from fuseloc.errors import InputError
 from fuseloc.types import Pose
 

@@ -1,4 +1,4 @@
-"""The NVM format (RobotCar ``all.nvm``, Cambridge ``reconstruction.nvm``): a vectorised reader and a writer.
+"""The NVM format (RobotCar ``all.nvm``, Cambridge ``reconstruction.nvm``): a vectorised reader.
 
 Conventions (DATASETS.md §2): the camera line is ``name focal qw qx qy qz Cx Cy Cz radial 0`` with the
 world-to-camera rotation and the camera *centre*; a point line is ``X Y Z R G B n (img feat x y)*n``. Only the
@@ -28,6 +28,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from fuseloc.data.readers.nvm_measurements import MeasurementCheck, fit_measurements
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.io import iter_lines
@@ -43,57 +44,6 @@ POINT_LINE_FORMAT = "'X Y Z R G B n_meas (img feat x y)*n_meas'"
 BLOCK_BYTES = 8 << 20
 _WHITESPACE = np.zeros(256, bool)
 _WHITESPACE[[9, 10, 11, 12, 13, 32]] = True
-
-
-@dataclass(frozen=True)
-class MeasurementCheck:
-    """How :func:`fit_measurements` decides between absolute and centre-relative measurements.
-
-    Residuals are measured in units of each image's diagonal, so the thresholds hold for any image size.
-    The wrong convention is off by half the diagonal (the (W/2, H/2) shift); the right one by the SfM
-    reprojection error plus the distance between the true principal point and the image centre, which the
-    NVM format cannot express (about 1 % of the diagonal for RobotCar's rectified cameras).
-
-    Attributes:
-        sample: measurements projected (a fixed-seed random sample when the file has more).
-        min_samples: fewer measurements than this cannot decide (then pass the convention explicitly).
-        tolerance: the median residual of the right convention must be below this fraction of the diagonal.
-        separation: and the other convention's median residual at least this many times larger.
-        seed: seed of the sample.
-    """
-
-    sample: int = 4000
-    min_samples: int = 5
-    tolerance: float = 0.03
-    separation: float = 4.0
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class MeasurementFit:
-    """The outcome of :func:`fit_measurements`.
-
-    Attributes:
-        convention: ``absolute`` or ``centered``; None when neither fits or the evidence is too thin.
-        residual_absolute: median reprojection residual (fraction of the image diagonal) if absolute.
-        residual_centered: the same if centre-relative.
-        distortion: the radial-distortion reading that explained the winning convention best: ``none``,
-            ``undistort`` (``x (1 + k r²)`` of the measurement matches the projection, VisualSFM's documented
-            model) or ``distort`` (the projection distorted by ``1 + k r²`` matches the measurement).
-        samples: measurements used (sampled and in front of their cameras).
-        sampled: measurements sampled.
-    """
-
-    convention: Literal["absolute", "centered"] | None
-    residual_absolute: float
-    residual_centered: float
-    distortion: str
-    samples: int
-    sampled: int
-
-    def describe(self) -> str:
-        return (f"median reprojection residual {100 * self.residual_absolute:.2f}% of the image diagonal if absolute, "
-                f"{100 * self.residual_centered:.2f}% if centre-relative, over {self.samples} measurements")
 
 
 @dataclass
@@ -200,62 +150,6 @@ class NvmModel:
         logger.info("%s: measurements are %s pixels (%s; distortion: %s)", where,
                     "absolute" if fit.convention == "absolute" else "centre-relative", fit.describe(), fit.distortion)
         return fit.convention
-
-
-def fit_measurements(model: NvmModel, sizes: np.ndarray, check: MeasurementCheck = MeasurementCheck(),  # noqa: B008
-                     rotations: np.ndarray | None = None, translations: np.ndarray | None = None) -> MeasurementFit:
-    """Which measurement convention the file's points and poses agree with.
-
-    A sample of measurements is compared with the projection ``f X / Z`` of its point by its camera (principal
-    point at the image centre, as in VisualSFM) under both readings: ``x - (W/2, H/2)`` (absolute) and ``x``
-    (centre-relative). The radial coefficient is tried as VisualSFM documents it (undistorting the
-    measurement), the other way round, and ignored; each convention keeps its best reading (writers disagree
-    on its units and sign, and most files have 0). A measurement behind its camera counts as an infinite
-    residual, so a file whose poses do not fit its points fits neither convention.
-
-    Args:
-        model: the NVM model.
-        sizes: (N, 2) width and height of each camera's images.
-        check: sample size and decision thresholds.
-        rotations, translations: the model's world-to-camera poses, if already computed.
-    """
-    R = model.rotations() if rotations is None else rotations
-    t = model.translations(R) if translations is None else translations
-    m = len(model.obs_image)
-    rng = np.random.default_rng(check.seed)
-    pick = np.sort(rng.choice(m, check.sample, replace=False)) if m > check.sample else np.arange(m)
-    cam, point = model.obs_image[pick].astype(np.int64), model.obs_point[pick].astype(np.int64)
-    xc = np.einsum("nij,nj->ni", R[cam], model.points_xyz[point]) + t[cam]
-    depth_ok = xc[:, 2] > 1e-9 * np.maximum(np.linalg.norm(xc, axis=1), 1e-300)
-    front = depth_ok & (model.focals[cam] > 0)
-    proj = np.zeros((len(pick), 2))
-    proj[front] = model.focals[cam[front], None] * xc[front, :2] / xc[front, 2:]
-    diag = np.hypot(sizes[cam, 0], sizes[cam, 1])
-    k = model.radial[cam][:, None]
-    raw = model.obs_xy[pick].astype(np.float64)
-    scores: dict[str, tuple[float, str]] = {}
-    for convention, meas in (("absolute", raw - sizes[cam] / 2.0), ("centered", raw)):
-        variants = {"none": meas - proj}
-        if np.any(k != 0):
-            with np.errstate(over="ignore", invalid="ignore"):
-                variants["undistort"] = meas * (1 + k * (meas ** 2).sum(1, keepdims=True)) - proj
-                variants["distort"] = meas - proj * (1 + k * (proj ** 2).sum(1, keepdims=True))
-        best = (np.inf, "none")
-        for name, diff in variants.items():
-            residual = np.where(front, np.linalg.norm(diff, axis=1) / diag, np.inf)
-            residual[~np.isfinite(residual)] = np.inf
-            score = float(np.median(residual)) if len(residual) else np.inf
-            best = min(best, (score, name))
-        scores[convention] = best
-    (abs_score, abs_dist), (cen_score, cen_dist) = scores["absolute"], scores["centered"]
-    samples = int(front.sum())
-    convention = None
-    if samples >= check.min_samples:
-        low, high, name = (abs_score, cen_score, "absolute") if abs_score <= cen_score else (cen_score, abs_score, "centered")
-        if low <= check.tolerance and high >= check.separation * low and high > check.tolerance:
-            convention = name
-    distortion = abs_dist if convention == "absolute" else cen_dist
-    return MeasurementFit(convention, abs_score, cen_score, distortion, samples, len(pick))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -606,31 +500,3 @@ def _count(lines: Iterator[tuple[int, list[str]]], path: Path, what: str) -> int
     if len(tokens) != 1 or value < 0:
         raise InputError(f"expected the {what} alone on its line, got {' '.join(tokens)[:80]!r}", path, number)
     return value
-
-
-# ------------------------------------------------------------------------------------------------ writing
-
-
-def write_nvm(path: str | Path, names: list[str], focals: np.ndarray, qvecs: np.ndarray, centers: np.ndarray,
-              points_xyz: np.ndarray, measurements: list[list[tuple[int, int, float, float]]],
-              radial: np.ndarray | None = None) -> Path:
-    """Write a one-model NVM file (a TAB after each name, as some real files have); for fixtures and tools.
-
-    Measurements are written as given: pass absolute pixels to imitate COLMAP's exporter (RobotCar), pixels
-    relative to the image centre to imitate VisualSFM (Cambridge).
-    """
-    path = Path(path)
-    radial = np.zeros(len(names)) if radial is None else np.asarray(radial, float)
-    out = ["NVM_V3", "", str(len(names))]
-    for name, f, q, c, k in zip(names, focals, qvecs, centers, radial):
-        out.append(f"{name}\t{f:.12g} " + " ".join(f"{v:.17g}" for v in [*q, *c]) + f" {k:.12g} 0")
-    out += ["", str(len(points_xyz))]
-    for p, meas in zip(points_xyz, measurements):
-        fields = [f"{v:.17g}" for v in p] + ["128", "128", "128", str(len(meas))]
-        for img, feat, x, y in meas:
-            fields += [str(img), str(feat), f"{x:.9g}", f"{y:.9g}"]
-        out.append(" ".join(fields))
-    out += ["", "0", ""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out))
-    return path

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fuseloc.data.readers.colmap_model import ImageRecord, write_model_text
 from fuseloc.data.town.config import TownConfig
 from fuseloc.data.town.layout import Town
 from fuseloc.data.town.views import View
+from fuseloc.data.writers import ImageRecord, write_model_text
 from fuseloc.types import Camera
 
 
