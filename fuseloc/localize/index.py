@@ -61,7 +61,7 @@ class IndexConfig:
         nprobe: IVF lists visited per query keypoint; 0 picks max(16, sqrt(nlist)/2), 64 of 16384 lists on an
             Aachen-sized map: big maps have finer lists, so a smaller share of them finds the nearest neighbour.
         coarse_quantizer: how a vector finds its nearest lists: ``flat`` (exact) or ``hnsw`` (a graph over the
-            list centres: adding 1.6M points to 16k lists 4x faster, same agreement); ``auto`` takes ``hnsw``
+            list centres: faster to add points to when lists are many, at the same agreement); ``auto`` takes ``hnsw``
             from ``hnsw_quantizer_min_lists`` lists on, on the CPU.
         hnsw_quantizer_min_lists: the ``auto`` switch point of ``coarse_quantizer``.
         train_points_per_list: k-means sample size per list when training the IVF quantiser.
@@ -74,13 +74,12 @@ class IndexConfig:
     """
 
     kind: IndexKind = "auto"
-    # Measured on the embedded town (10.5k points, benchmarks/bench_localization.py): IVF agrees with exact 1-NN
-    # on 99.9% of fused (96.9% of local-only) keypoints at nprobe 16 of 256 lists, keeps recall, searches 5-8x faster.
+    # Below about ten thousand points exact search costs little; above, IVF keeps the recall at a fraction of the
+    # search time (benchmarks/bench_localization.py and bench_index_scale.py print the agreement and speed-up).
     flat_max_points: int = 10_000
     nlist: int = 0
-    # Measured (benchmarks/bench_index_scale.py, bench_localization.py): on 1.6M real RootSIFT descriptors 64 of
-    # 16384 lists agree with exact 1-NN on 96.3% of all query keypoints at 20x the speed of flat search; on the
-    # town (11.6k points) 16 of ~300 lists keep recall, and 64 would triple the search time for nothing.
+    # Finer lists on bigger maps: a smaller share of them holds the nearest neighbour, so nprobe grows only as
+    # sqrt(nlist); a floor keeps small maps from visiting too few lists.
     nprobe: int = 0
     coarse_quantizer: Literal["auto", "flat", "hnsw"] = "auto"
     hnsw_quantizer_min_lists: int = 8192
@@ -245,8 +244,8 @@ class MapIndex:
         # Adding after the move to the GPU lets the GPU assign points to lists, and keeps one copy of the data.
         quantizer = self._hnsw_quantizer()
         if quantizer is not None:
-            # A point goes to its one nearest list, which a narrow beam finds: the search beam (wide enough for
-            # nprobe lists) made adding 1.6M points 3x slower for no measurable change in agreement.
+            # A point goes to its one nearest list, which a narrow beam finds; the search beam is sized for
+            # nprobe lists and would only slow the adding down.
             quantizer.hnsw.efSearch = 16
         self.index.add(data)
         self._set_search_params()

@@ -203,11 +203,11 @@ class LearnedFusion(Fusion):
         project_local: learn the D x D local projection ``A``.
         train_projection: learn ``P``; off keeps the PCA from :meth:`fit`.
 
-    The defaults learn only λ and the per-dimension gates (1 + 2D parameters): training sees database
-    images only, and on the embedded town a learned ``P`` (G x D) and conditioned gate fitted their
-    photometry and lost night queries (validation recall on unseen day/night queries 91.7 % for the full
-    model against 93.8 % for the defaults), so the larger variants are opt-in.
         normalize_output: L2-normalise the fused descriptor.
+
+    The defaults learn only λ and the per-dimension gates (1 + 2D parameters): training sees database images
+    only, and a learned ``P`` (G x D) or image-conditioned gate has enough freedom to fit the database's
+    photometry instead of what separates places, so the larger variants are opt-in.
     """
 
     def __init__(
