@@ -12,16 +12,15 @@ Outputs go to ``<output_dir>/<benchmark>/<method>/``: ``submission.txt`` (name q
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Literal
 
-from fuseloc.data.features import GlobalExtractor, LocalExtractor, Sift, Vlad
+from fuseloc.data.extractors import GlobalExtractor, LocalExtractor, Sift, Vlad
 from fuseloc.data.readers.base import DatasetReader
 from fuseloc.data.triangulate import TriangulationConfig
 from fuseloc.errors import InputError
-from fuseloc.localize.index import IndexConfig, check_gpu_request
+from fuseloc.localize.index import IndexConfig
 from fuseloc.localize.pipeline import LocalizerConfig
 from fuseloc.localize.pose import PnPConfig
 
@@ -83,72 +82,32 @@ def evaluate(
             not beat; ``cuda`` pays off for learned fusions with a local projection over large maps. Maps are
             cached by fusion, not by device. The faiss index has its own switch: ``--index.use_gpu true``.
     """
-    # Kept to re-run this very evaluation on each part of a multi-map dataset (CMU slices, Cambridge scenes).
-    call_args = dict(locals())
     from fuseloc.data.readers.town import EmbeddedTown
-    from fuseloc.eval.plots import plot_recall_curves
-    from fuseloc.eval.runner import (
-        format_table,
-        prepare_features,
-        prepare_scene,
-        run_hierarchical,
-        run_method,
-    )
+    from fuseloc.eval.runner import EvaluationConfig, run_evaluation
     from fuseloc.localize.hierarchical import HierarchicalConfig
-    from fuseloc.models.fusion import FixedFusion
 
     torch_device = resolve_device(device)
-    check_gpu_request(index or IndexConfig())  # before features and maps are built, not after
-    data_reader = data if data is not None else EmbeddedTown()
-    local_features = local_features or Sift()
-    global_features = global_features or Vlad()
     pnp = PnPConfig(max_reproj_error=ransac_max_error)
-    localizer = LocalizerConfig(query_global=query_global, min_inliers=min_inliers,  # type: ignore[arg-type]
-                                pnp=pnp, index=index or IndexConfig())
-    parts = data_reader.load_parts()
-    if len(parts) > 1:
-        return _evaluate_parts(parts, call_args)
-    loaded = parts[0]
-    bench_dir = Path(output_dir) / loaded.spec.name
-    if loaded.part:
-        bench_dir = bench_dir / loaded.part
-    if overwrite and bench_dir.is_dir():
-        logger.warning("overwrite: deleting %s", bench_dir)
-        shutil.rmtree(bench_dir)
-    cache_dir = bench_dir / "cache"
-    features = prepare_features(loaded, local_features, global_features, cache_dir, progress,
-                                local_path=local_features_path, global_path=global_features_path)
-    scene = prepare_scene(loaded, features, triangulation or TriangulationConfig(), cache_dir)
-    local_dim = features.cache.local(scene.image_names[0]).descriptors.shape[1]
-    global_dim = features.cache.global_descriptor(scene.image_names[0]).shape[0]
-    outcomes = []
-    for lam in lambdas:
-        label = "local-only" if lam == 1.0 else f"fused-lam{lam:g}"
-        fusion = FixedFusion(local_dim, global_dim, lam=lam, reduction=reduction,  # type: ignore[arg-type]
-                             normalize_reduced=normalize_reduced)
-        fusion.to(torch_device)
-        outcomes.append(run_method(label, fusion, scene, loaded, features, localizer, cache_dir, bench_dir, progress=progress))
-    if checkpoint is not None:
-        from fuseloc.models.module import load_fusion_from_checkpoint
-
-        fusion = load_fusion_from_checkpoint(checkpoint).to(torch_device)
-        fusion.check_dims(local_dim, global_dim, str(checkpoint))
-        outcomes.append(run_method("learned", fusion, scene, loaded, features, localizer, cache_dir, bench_dir,
-                                   fit=False, progress=progress))
-    if hierarchical:
-        config = HierarchicalConfig(top_k=top_k, min_inliers=min_inliers, pnp=pnp)
-        outcomes.append(run_hierarchical(f"hierarchical-top{top_k}", scene, loaded, features, config, bench_dir,
-                                         progress=progress))
-    features.cache.close()
-    if loaded.queries.has_ground_truth:
-        print(f"\n{loaded.spec.name}: {scene.num_images} database images, {scene.num_points} points, "
-              f"{len(loaded.queries)} queries\n")
-        print(format_table(outcomes, loaded.spec))
-        plot_path = plot_recall_curves(outcomes, loaded.queries, bench_dir / "recall_curves.png")
-        print(f"\nrecall curves: {plot_path}")
-    for o in outcomes:
-        print(f"{o.label}: {o.output_dir / 'submission.txt'}")
-    return outcomes
+    config = EvaluationConfig(
+        data=data if data is not None else EmbeddedTown(),
+        local_features=local_features or Sift(),
+        global_features=global_features or Vlad(),
+        local_features_path=local_features_path,
+        global_features_path=global_features_path,
+        lambdas=lambdas,
+        reduction=reduction,
+        normalize_reduced=normalize_reduced,
+        checkpoint=checkpoint,
+        localizer=LocalizerConfig(query_global=query_global, min_inliers=min_inliers,  # type: ignore[arg-type]
+                                  pnp=pnp, index=index or IndexConfig()),
+        hierarchical=HierarchicalConfig(top_k=top_k, min_inliers=min_inliers, pnp=pnp) if hierarchical else None,
+        triangulation=triangulation or TriangulationConfig(),
+        output_dir=Path(output_dir),
+        progress=progress,
+        overwrite=overwrite,
+        device=torch_device,
+    )
+    return run_evaluation(config, show=print)
 
 
 def resolve_device(device: str):  # noqa: ANN201 (torch.device; torch is imported lazily to keep --help fast)
@@ -170,24 +129,6 @@ def resolve_device(device: str):  # noqa: ANN201 (torch.device; torch is importe
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise InputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return resolved
-
-
-def _evaluate_parts(parts: list, call_args: dict) -> list:
-    """Evaluate each part against its own map (outputs and caches in ``<benchmark>/<part>/``), then merge
-    every method's results into one submission and one summary in ``<benchmark>/<method>/``."""
-    from fuseloc.data.readers.base import Preloaded
-    from fuseloc.eval.runner import format_table, merge_part_outcomes
-
-    per_part = [evaluate(**{**call_args, "data": Preloaded(part)}) for part in parts]
-    spec = parts[0].spec
-    merged = merge_part_outcomes(per_part, parts, Path(call_args["output_dir"]) / spec.name)
-    if any(p.queries.has_ground_truth for p in parts):
-        print(f"\n{spec.name}: {len(parts)} parts ({', '.join(p.part or '?' for p in parts)}), "
-              f"{sum(len(p.queries) for p in parts)} queries\n")
-        print(format_table(merged, spec))
-    for o in merged:
-        print(f"{o.label} (all parts): {o.output_dir / 'submission.txt'}")
-    return merged
 
 
 def build_parser():  # noqa: ANN201 (jsonargparse.ArgumentParser)

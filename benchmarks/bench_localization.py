@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuseloc.data.features import LocalExtractor, Sift, Vlad
+from fuseloc.data.extractors import LocalExtractor, Sift, Vlad
 from fuseloc.data.readers.base import DatasetReader
 from fuseloc.data.triangulate import TriangulationConfig
 from fuseloc.localize.hierarchical import HierarchicalConfig
@@ -121,7 +121,7 @@ def _warm_up(cache, name: str) -> None:  # noqa: ANN001
 
 def measure_memory(job: MethodJob) -> MethodReport:
     """Child process body: load one method's map and localize every query once; report its peak memory."""
-    from fuseloc.data.features import FeatureCache
+    from fuseloc.data.feature_cache import FeatureCache
 
     cache = FeatureCache(job.local_path, job.global_path)
     queries = job.queries
@@ -139,7 +139,7 @@ def measure_memory(job: MethodJob) -> MethodReport:
 def measure_time(jobs: list[MethodJob]) -> list[MethodReport]:
     """Child process body: all methods side by side, interleaved query by query, so that load from other
     processes on the machine hits every method alike."""
-    from fuseloc.data.features import FeatureCache
+    from fuseloc.data.feature_cache import FeatureCache
 
     cache = FeatureCache(jobs[0].local_path, jobs[0].global_path)
     queries = jobs[0].queries
@@ -200,9 +200,10 @@ def benchmark(
         repeats: passes over all queries per method.
         output_dir: root of the caches shared with evaluate.py.
     """
+    from fuseloc.data.prepare import prepare_features, prepare_scene
     from fuseloc.data.readers.town import EmbeddedTown
-    from fuseloc.eval.metrics import threshold_key
-    from fuseloc.eval.runner import evaluate_results, prepare_features, prepare_map, prepare_scene
+    from fuseloc.eval.metrics import evaluate_results, threshold_key
+    from fuseloc.eval.runner import prepare_map
     from fuseloc.io import config_hash
     from fuseloc.models.fusion import FixedFusion
 

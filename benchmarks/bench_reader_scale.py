@@ -75,7 +75,7 @@ def write_features(model_dir: Path, local_path: Path, global_path: Path, global_
     """Random unit 128-D descriptors for every 2D point of every image, one h5 group at a time."""
     import h5py
 
-    from fuseloc.data.features import write_global
+    from fuseloc.data.feature_cache import write_global
     from fuseloc.data.readers.colmap_model import POINT2D_DTYPE
 
     rng = np.random.default_rng(seed)
@@ -119,7 +119,7 @@ def stage(name: str, model_dir: Path, local_path: Path, global_path: Path) -> di
     out = {"stage": name, "read_s": read_s, "images": scene.num_images, "points": scene.num_points,
            "observations": int(len(scene.obs_point))}
     if name == "map":
-        from fuseloc.data.features import FeatureCache
+        from fuseloc.data.feature_cache import FeatureCache
         from fuseloc.localize.fused_map import build_fused_map
         from fuseloc.models.fusion import FixedFusion
 

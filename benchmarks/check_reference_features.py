@@ -107,8 +107,8 @@ def compare(name: str, ref: h5py.Group, image: np.ndarray, extractor) -> ImageAg
 def run_check(weights: Path, reference: Path, images: Path = DEFAULT_IMAGES, names: list[str] | None = None,
               device: str | None = "cpu") -> list[ImageAgreement]:
     """Extract the reference's images with fuseloc's R2D2 (the reference's settings) and compare."""
+    from fuseloc.data.extract import read_image
     from fuseloc.data.extractors.r2d2 import R2D2
-    from fuseloc.data.features import read_image
 
     results = []
     with h5py.File(reference, "r") as h5:

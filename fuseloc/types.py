@@ -1,4 +1,4 @@
-"""Typed data contracts shared by every stage: cameras, poses, localization results.
+"""Typed data contracts shared by every stage: cameras, poses, local features, localization results.
 
 Conventions (see DATASETS.md §0): poses are world-to-camera, ``x_cam = R @ x_world + t``; quaternions in
 files and in this module are (w, x, y, z); pixel coordinates follow COLMAP (top-left pixel centre at
@@ -176,3 +176,20 @@ class PoseResult:
     num_inliers: int = 0
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LocalFeatures:
+    """Local features of one image, as extractors produce them and feature caches store them.
+
+    Attributes:
+        keypoints: (N, 2) float32 pixel coordinates, COLMAP convention, in the original image resolution.
+        descriptors: (N, D) float32.
+        scores: (N,) float32 detection scores.
+        image_size: (width, height) of the original image in pixels.
+    """
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    scores: np.ndarray
+    image_size: tuple[int, int]

@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from fuseloc.eval import runner
+from fuseloc.eval import predictions
 
 PAUSE_S = 0.4
 EVALUATE = Path(__file__).resolve().parents[1] / "evaluate.py"
 
-_log_one = runner.PredictionLog.__call__
+_log_one = predictions.PredictionLog.__call__
 
 
 def _log_one_slowly(self, name, result):  # noqa: ANN001, ANN202
@@ -24,6 +24,6 @@ def _log_one_slowly(self, name, result):  # noqa: ANN001, ANN202
     time.sleep(PAUSE_S)
 
 
-runner.PredictionLog.__call__ = _log_one_slowly  # type: ignore[method-assign]
+predictions.PredictionLog.__call__ = _log_one_slowly  # type: ignore[method-assign]
 sys.argv = [str(EVALUATE), *sys.argv[1:]]
 runpy.run_path(str(EVALUATE), run_name="__main__")

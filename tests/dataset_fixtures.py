@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from fuseloc.data.features import Sift
+from fuseloc.data.extractors import Sift
 from fuseloc.data.writers import ImageRecord, write_model_binary, write_model_text, write_nvm
 from fuseloc.types import Camera, Pose
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fuseloc.data.features import Sift
+from fuseloc.data.extractors import Sift
 from fuseloc.data.readers.generic import read_pose_list
 from fuseloc.eval.metrics import pose_errors
 

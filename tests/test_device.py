@@ -25,7 +25,8 @@ from toy_scene import make_toy_scene
 from fuseloc.callbacks.localization_val import LocalizationValidation
 from fuseloc.data.correspondences import BatchConfig
 from fuseloc.data.datamodule import FuseLocDataModule
-from fuseloc.data.features import FeatureCache, Vlad
+from fuseloc.data.extractors import Vlad
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.errors import InputError
 from fuseloc.localize.fused_map import build_fused_map
 from fuseloc.localize.index import IndexConfig, MapIndex, gpu_available
@@ -258,7 +259,7 @@ def test_train_cli_fast_dev_run_on_gpu(tmp_path):
 data:
   dataset: {{class_path: tiny_scene.ToyReader, init_args: {{root: {out / 'toy' / 'cache'}}}}}
   local_features: {{class_path: tiny_scene.ToyExtractor}}
-  global_features: {{class_path: fuseloc.data.features.Vlad, init_args: {{num_clusters: 4}}}}
+  global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
   output_dir: {out}
   holdout_every: 2
   confuser_min_distance: 2.0

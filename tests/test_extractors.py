@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 import torch
 
+from fuseloc.data.extract import extract_global_features
 from fuseloc.data.extractors import (
-    GLOBAL_EXTRACTORS,
-    LOCAL_EXTRACTORS,
     R2D2,
     Aliked,
     D2Net,
     Disk,
     EigenPlaces,
+    GlobalExtractor,
+    LocalExtractor,
     MixVPR,
     NetVLAD,
+    Sift,
     SuperPoint,
+    Vlad,
     XFeat,
-    create_global_extractor,
-    create_local_extractor,
 )
 from fuseloc.data.extractors.base import TorchLocalExtractor, resized_shape
 from fuseloc.data.extractors.cricavpr import CricaVPR, CricaVPRNet, MultiConvAdapter, region_bounds
@@ -35,15 +36,9 @@ from fuseloc.data.extractors.netvlad import NetVLADLayer, NetVLADNet
 from fuseloc.data.extractors.r2d2 import QuadL2NetConfCFS, pyramid_levels
 from fuseloc.data.extractors.salad import Salad, SaladAggregator, SaladNet, sinkhorn_log_assignment
 from fuseloc.data.extractors.superpoint import SuperPointNet, sample_descriptors, simple_nms
-from fuseloc.data.features import (
-    GlobalExtractor,
-    LocalExtractor,
-    LocalFeatures,
-    Vlad,
-    extract_global_features,
-    write_local,
-)
+from fuseloc.data.feature_cache import write_local
 from fuseloc.errors import InputError
+from fuseloc.types import LocalFeatures
 
 
 def _require_shipped_weights() -> None:
@@ -71,17 +66,17 @@ def hub_dir(tmp_path, monkeypatch):
     torch.hub.set_dir(old)
 
 
-def test_registry_is_explicit_and_tags_carry_the_configuration():
-    assert set(LOCAL_EXTRACTORS) >= {"sift", "xfeat", "aliked", "disk", "superpoint", "d2net", "r2d2"}
-    assert set(GLOBAL_EXTRACTORS) >= {"vlad", "netvlad", "mixvpr", "eigenplaces", "salad", "megaloc", "cricavpr"}
-    assert all(issubclass(c, LocalExtractor) for c in LOCAL_EXTRACTORS.values())
-    assert all(issubclass(c, GlobalExtractor) for c in GLOBAL_EXTRACTORS.values())
-    a, b = create_local_extractor("xfeat"), create_local_extractor("xfeat", max_keypoints=1024)
+LOCAL = [Sift, XFeat, Aliked, Disk, SuperPoint, D2Net, R2D2]
+GLOBAL = [Vlad, NetVLAD, MixVPR, EigenPlaces, Salad, MegaLoc, CricaVPR]
+
+
+def test_extractors_are_of_their_kind_and_tags_carry_the_configuration():
+    assert all(issubclass(c, LocalExtractor) for c in LOCAL)
+    assert all(issubclass(c, GlobalExtractor) for c in GLOBAL)
+    a, b = XFeat(), XFeat(max_keypoints=1024)
     assert a.tag() != b.tag() and a.config() != b.config()
-    assert create_local_extractor("aliked", resize_max=640).tag() != Aliked().tag()
-    assert create_global_extractor("vlad", num_clusters=8).tag() == "vlad-k8"
-    with pytest.raises(InputError, match="unknown local extractor 'nope'.*xfeat"):
-        create_local_extractor("nope")
+    assert Aliked(resize_max=640).tag() != Aliked().tag()
+    assert Vlad(num_clusters=8).tag() == "vlad-k8"
 
 
 @pytest.mark.parametrize(("cls", "filename"), DEEP)

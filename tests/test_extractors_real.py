@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from fuseloc.data.extract import read_image
 from fuseloc.data.extractors import Aliked, XFeat
-from fuseloc.data.features import read_image
 from fuseloc.types import Pose
 
 

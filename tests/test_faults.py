@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 from tiny_dataset import make_tiny_dataset
 
-from fuseloc.data.features import FeatureCache, LocalFeatures, write_local
+from fuseloc.data.feature_cache import FeatureCache, write_local
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.localize.fused_map import build_fused_map
 from fuseloc.models.fusion import FixedFusion
+from fuseloc.types import LocalFeatures
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = "fused-lam0.5"
@@ -260,7 +261,7 @@ def test_changed_configuration_never_reuses_a_cache_or_prediction(finished: Path
     out = Path(shutil.copytree(finished, tmp_path / "out"))
     cache_dir = out / "custom" / "cache"
     before = {p.name for p in cache_dir.iterdir()}
-    args = [*data_args(pristine, out), "--global_features", "fuseloc.data.features.Vlad", "--global_features.seed", "1"]
+    args = [*data_args(pristine, out), "--global_features", "fuseloc.data.extractors.Vlad", "--global_features.seed", "1"]
     code, errors = run_main(args, caplog)
     assert code == 0 and not errors
     new = {p.name for p in cache_dir.iterdir()} - before

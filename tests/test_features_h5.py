@@ -2,16 +2,11 @@ import h5py
 import numpy as np
 import pytest
 
-from fuseloc.data.features import (
-    FeatureCache,
-    LocalFeatures,
-    Sift,
-    Vlad,
-    extract_local_features,
-    read_local,
-    write_local,
-)
+from fuseloc.data.extract import extract_local_features
+from fuseloc.data.extractors import Sift, Vlad
+from fuseloc.data.feature_cache import FeatureCache, read_local, write_local
 from fuseloc.errors import InputError
+from fuseloc.types import LocalFeatures
 
 
 def _features(n=5, d=8):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from toy_scene import make_toy_scene
 
-from fuseloc.data.features import FeatureCache
+from fuseloc.data.feature_cache import FeatureCache
+from fuseloc.data.prepare import PreparedFeatures
 from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
 from fuseloc.eval.metrics import pose_errors
-from fuseloc.eval.runner import PreparedFeatures, run_hierarchical
+from fuseloc.eval.runner import run_hierarchical
 from fuseloc.localize.fused_map import build_fused_map
 from fuseloc.localize.hierarchical import (
     HierarchicalConfig,

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from toy_scene import make_toy_scene
 
-from fuseloc.data.features import FeatureCache, Sift, Vlad, extract_global_features, write_local
+from fuseloc.data.extract import extract_global_features
+from fuseloc.data.extractors import Sift, Vlad
+from fuseloc.data.feature_cache import FeatureCache, write_local
 from fuseloc.data.prepare import prepare_features
 from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
 from fuseloc.errors import InputError

@@ -16,7 +16,7 @@ from fuseloc.data.correspondences import (
     gather_correspondences,
     mine_confusers,
 )
-from fuseloc.data.features import FeatureCache
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.models.losses import MetricLoss, candidate_counts
 
 

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from toy_scene import make_toy_scene
 
-from fuseloc.data.features import FeatureCache
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.readers.base import BenchmarkSpec
 from fuseloc.errors import InputError
-from fuseloc.eval.metrics import pose_errors
-from fuseloc.eval.runner import evaluate_results
+from fuseloc.eval.metrics import evaluate_results, pose_errors
 from fuseloc.localize.fused_map import FusedMap, build_fused_map
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, localize_queries
 from fuseloc.models.fusion import FixedFusion

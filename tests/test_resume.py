@@ -17,15 +17,11 @@ import numpy as np
 import pytest
 from tiny_dataset import make_tiny_dataset
 
-from fuseloc.data.features import (
-    WRITING_ATTR,
-    FeatureCache,
-    LocalFeatures,
-    Sift,
-    extract_local_features,
-    write_local,
-)
+from fuseloc.data.extract import extract_local_features
+from fuseloc.data.extractors import Sift
+from fuseloc.data.feature_cache import WRITING_ATTR, FeatureCache, write_local
 from fuseloc.errors import InputError
+from fuseloc.types import LocalFeatures
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = "fused-lam0.5"

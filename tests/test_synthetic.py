@@ -331,7 +331,7 @@ def test_embedded_town_validation_queries_are_a_second_rendering(tiny_town: Path
 
 def test_validation_queries_under_their_own_root_get_features(tiny_town: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch):
-    from fuseloc.data.features import Sift, Vlad
+    from fuseloc.data.extractors import Sift, Vlad
     from fuseloc.data.prepare import prepare_features
     from fuseloc.data.readers import town as town_reader
     from fuseloc.data.readers.base import LocalizationData

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny_global import MeanMax, MeanProjection
 
-from fuseloc.data.features import Vlad
+from fuseloc.data.extractors import Vlad
 from fuseloc.data.prepare import global_descriptor_dim
 from fuseloc.errors import InputError
 from fuseloc.models.module import CHECKPOINT_KEY, load_fusion_from_checkpoint

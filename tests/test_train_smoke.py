@@ -16,7 +16,7 @@ from fuseloc.callbacks.fusion_histograms import FusionHistograms
 from fuseloc.callbacks.localization_val import LocalizationValidation
 from fuseloc.data.correspondences import BatchConfig
 from fuseloc.data.datamodule import FuseLocDataModule
-from fuseloc.data.features import Vlad
+from fuseloc.data.extractors import Vlad
 from fuseloc.errors import InputError
 from fuseloc.models.fusion import LearnedFusion
 from fuseloc.models.module import FuseLocModule, load_fusion_from_checkpoint
@@ -102,7 +102,7 @@ data:
     class_path: tiny_scene.ToyReader
     init_args: {{root: {out / 'toy' / 'cache'}}}
   local_features: {{class_path: tiny_scene.ToyExtractor}}
-  global_features: {{class_path: fuseloc.data.features.Vlad, init_args: {{num_clusters: 4}}}}
+  global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
   output_dir: {out}
   holdout_every: 2
   confuser_min_distance: 2.0

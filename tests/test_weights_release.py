@@ -17,14 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from fuseloc.data.extractors import CricaVPR, Disk, EigenPlaces, MegaLoc, MixVPR, NetVLAD, Salad
-from fuseloc.data.extractors.base import (
-    TRUSTED_WEIGHTS_ENV,
-    load_into,
-    load_state_dict,
-    read_checkpoint,
-    resized_shape,
-    to_tensor,
-)
+from fuseloc.data.extractors.base import resized_shape, to_tensor
 from fuseloc.data.extractors.cricavpr import CricaVPRNet
 from fuseloc.data.extractors.dinov2 import DinoV2
 from fuseloc.data.extractors.eigenplaces import EigenPlacesNet
@@ -32,6 +25,7 @@ from fuseloc.data.extractors.megaloc import MegaLocNet, round_to_patch
 from fuseloc.data.extractors.mixvpr import MixVPRNet
 from fuseloc.data.extractors.netvlad import NetVLADNet
 from fuseloc.data.extractors.salad import SaladNet
+from fuseloc.data.extractors.weights import TRUSTED_WEIGHTS_ENV, load_into, load_state_dict, read_checkpoint
 from fuseloc.errors import InputError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

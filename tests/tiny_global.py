@@ -1,7 +1,7 @@
 """Tiny non-VLAD global extractors for training tests (selected by ``class_path``, like MegaLoc or SALAD).
 
 Both aggregate an image's local features, so they run on the toy scene, which has no images to decode; what
-matters for training is only that they are :class:`~fuseloc.data.features.GlobalExtractor` subclasses that are
+matters for training is only that they are :class:`~fuseloc.data.extractors.base.GlobalExtractor` subclasses that are
 not VLAD, and that one declares its dimension (as network extractors do) while the other does not.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fuseloc.data.features import GlobalExtractor, LocalFeatures
+from fuseloc.data.extractors import GlobalExtractor
 from fuseloc.errors import InputError
+from fuseloc.types import LocalFeatures
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 from toy_scene import make_toy_scene
 
-from fuseloc.data.features import LocalExtractor, LocalFeatures
+from fuseloc.data.extractors import LocalExtractor
 from fuseloc.data.readers.base import BenchmarkSpec, DatasetReader, LocalizationData
 from fuseloc.errors import InputError
+from fuseloc.types import LocalFeatures
 
 
 class ToyExtractor(LocalExtractor):

@@ -8,9 +8,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fuseloc.data.features import LocalFeatures, write_global, write_local
+from fuseloc.data.feature_cache import write_global, write_local
 from fuseloc.data.scene import QuerySet, Scene
-from fuseloc.types import Camera, Pose
+from fuseloc.types import Camera, LocalFeatures, Pose
 
 
 def look_at(center: np.ndarray, target: np.ndarray) -> Pose:

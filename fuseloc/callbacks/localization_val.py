@@ -2,7 +2,8 @@
 
 At the end of each validation epoch the fused map of the training scene is rebuilt with the current fusion
 (:func:`fuseloc.localize.fused_map.build_fused_map`), the validation queries are localized with
-:func:`fuseloc.localize.pipeline.localize_queries` and scored with :func:`fuseloc.eval.runner.evaluate_results`.
+:func:`fuseloc.localize.pipeline.localize_queries` (evaluate.py's query loop, with a hook that scores each
+query's matches) and scored with :func:`fuseloc.eval.metrics.evaluate_results`.
 Under DDP the queries are split across processes and the results gathered, so every query is localized once
 and every process logs the same numbers.
 
@@ -29,12 +30,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from fuseloc.data.features import read_image
-from fuseloc.eval.plots import condition_recall_curve
-from fuseloc.eval.runner import evaluate_results, result_to_record
+from fuseloc.data.extract import read_image
+from fuseloc.eval.metrics import evaluate_results
+from fuseloc.eval.predictions import result_to_record
+from fuseloc.eval.report import condition_recall_curve
 from fuseloc.io import write_json_atomic
 from fuseloc.localize.fused_map import build_fused_map
-from fuseloc.localize.pipeline import Localizer, LocalizerConfig
+from fuseloc.localize.pipeline import Localizer, LocalizerConfig, QueryMatches, localize_queries
 from fuseloc.localize.pose import estimate_absolute_pose
 from fuseloc.types import Camera, Pose, PoseResult
 
@@ -105,15 +107,16 @@ class LocalizationValidation(pl.Callback):
         localizer = Localizer(fused_map, self.localizer, fusion)
         rank, world = trainer.global_rank, trainer.world_size
         mine = vs.queries.subset(list(range(rank, len(vs.queries), world)))
-        results, stats = {}, {}
-        # One match per query serves both the pose and the share of correct matches.
-        for name, camera, gt in zip(mine.names, mine.cameras, mine.gt_poses, strict=True):
-            local, global_desc = cache.local(name), cache.global_descriptor(name)
-            timings: dict[str, float] = {}
-            matches = localizer.match(local.descriptors, local.keypoints, global_desc, timings)
-            results[name] = localizer.pose_from_matches(matches, camera, global_desc, timings, len(local.keypoints))
+        truth = {name: (camera, gt) for name, camera, gt in zip(mine.names, mine.cameras, mine.gt_poses, strict=True)}
+        stats: dict[str, MatchStats] = {}
+
+        def score_matches(name: str, matches: QueryMatches) -> None:
+            camera, gt = truth[name]
             ok = correct_matches(matches.p2d, fused_map.xyz[matches.point_index], camera, gt, self.correct_match_px)
             stats[name] = MatchStats(len(ok), int(ok.sum()))
+
+        # evaluate.py's query loop; one match per query serves both the pose and the share of correct matches.
+        results = localize_queries(localizer, mine, cache, progress=False, on_matches=score_matches)
         if world > 1:
             gathered: list = [None] * world
             torch.distributed.all_gather_object(gathered, (results, stats))

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fuseloc.data.features import FeatureCache
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.observations import ImageObservations, iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError

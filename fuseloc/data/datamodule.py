@@ -1,6 +1,6 @@
 """The training data: database observations of any dataset (a reader is a config choice) and a validation split.
 
-Features, global descriptors (any :class:`~fuseloc.data.features.GlobalExtractor`: VLAD, NetVLAD, MegaLoc, SALAD...)
+Features, global descriptors (any :class:`~fuseloc.data.extractors.base.GlobalExtractor`: VLAD, NetVLAD, MegaLoc, SALAD...)
 and triangulated maps come from :mod:`fuseloc.data.prepare`, the functions evaluate.py uses, with the same cache
 directory and file names as ``evaluate.py`` (``<output_dir>/<benchmark>/cache``), so training and evaluation share
 caches and, crucially, the same global descriptors (for VLAD, the same vocabulary): the learned projection of the
@@ -37,7 +37,8 @@ from fuseloc.data.correspondences import (
     gather_correspondences,
     mine_confusers,
 )
-from fuseloc.data.features import FeatureCache, GlobalExtractor, LocalExtractor, Sift, Vlad
+from fuseloc.data.extractors import GlobalExtractor, LocalExtractor, Sift, Vlad
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.prepare import PreparedFeatures, global_descriptor_dim, prepare_features, prepare_scene
 from fuseloc.data.readers.base import BenchmarkSpec, DatasetReader, LocalizationData
 from fuseloc.data.readers.town import EmbeddedTown

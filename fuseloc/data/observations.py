@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 from scipy.spatial import cKDTree
 
-from fuseloc.data.features import FeatureCache
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 

@@ -15,20 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fuseloc.data.features import (
-    FeatureCache,
-    GlobalExtractor,
-    LocalExtractor,
-    LocalFeatures,
-    check_feature_file,
-    extract_global_features,
-    extract_local_features,
-)
+from fuseloc.data.extract import extract_global_features, extract_local_features, image_stamp
+from fuseloc.data.extractors.base import GlobalExtractor, LocalExtractor
+from fuseloc.data.feature_cache import FeatureCache, check_feature_file
 from fuseloc.data.readers.base import LocalizationData
 from fuseloc.data.scene import Scene
 from fuseloc.data.triangulate import TriangulationConfig, triangulate_scene
 from fuseloc.errors import InputError
 from fuseloc.io import config_hash
+from fuseloc.types import LocalFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +78,6 @@ def prepare_features(
               if separate else [(data.scene.image_root, names)])
     database_fingerprint = ""
     if needs_images:
-        from fuseloc.data.features import image_stamp
-
         root = Path(data.scene.image_root)
         database_fingerprint = config_hash([(n, image_stamp(root / n)) for n in data.scene.image_names
                                             if (root / n).is_file()])

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fuseloc.data.features import FeatureCache, LocalFeatures
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
+from fuseloc.types import LocalFeatures
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,2 @@
-"""Pose-error metrics, recall tables and submission files. No Lightning imports here."""
+"""Evaluation: ``keys`` (cache fingerprints), ``predictions`` (per-query log), ``metrics`` (scoring),
+``submission`` (a method's files, merged over parts), ``report`` (table and recall curves), ``runner`` (the loop)."""

@@ -1,4 +1,4 @@
-"""Pose errors and recall tables (visuallocalization.net thresholds, Cambridge medians)."""
+"""Scoring: pose errors, recall tables (visuallocalization.net thresholds, Cambridge medians) and timings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fuseloc.types import Pose
+from fuseloc.data.readers.base import BenchmarkSpec
+from fuseloc.data.scene import QuerySet
+from fuseloc.types import Pose, PoseResult
 
 
 def pose_errors(estimate: Pose | None, truth: Pose) -> tuple[float, float]:
@@ -41,3 +43,30 @@ def summarize(
     out["median_R_deg"] = float(np.median(errors_r)) if len(errors_r) else float("nan")
     out["num_queries"] = int(len(errors_t))
     return out
+
+
+def evaluate_results(results: dict[str, PoseResult], queries: QuerySet, spec: BenchmarkSpec) -> dict[str, dict[str, float]]:
+    """Metrics per split (and ``all``) over the queries with ground truth; missing results count as failures."""
+    if not queries.has_ground_truth:
+        return {}
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for name, gt, condition in zip(queries.names, queries.gt_poses, queries.conditions):
+        if gt is None:
+            continue
+        result = results.get(name)
+        err = pose_errors(None if result is None else result.pose, gt)
+        split = spec.split_of(condition)
+        if split != "all":
+            groups.setdefault(split, []).append(err)
+        groups.setdefault("all", []).append(err)
+    summary = {}
+    for split, errs in groups.items():
+        e = np.array(errs)
+        summary[split] = summarize(e[:, 0], e[:, 1], spec.thresholds)
+    return summary
+
+
+def timing_summary(results: dict[str, PoseResult]) -> dict[str, float]:
+    """Median seconds per stage per query."""
+    stages = sorted({k for r in results.values() for k in r.timings})
+    return {stage: float(np.median([r.timings.get(stage, 0.0) for r in results.values()])) for stage in stages}

@@ -7,60 +7,129 @@ Localization appends one JSON line per query, so a killed run resumes where it s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
-import numpy as np
+import torch
 
-# prepare_* moved to the data layer (the training DataModule needs them); re-exported here for callers.
-from fuseloc.data.prepare import PreparedFeatures, prepare_features, prepare_scene  # noqa: F401
-from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
-from fuseloc.data.scene import QuerySet, Scene
-from fuseloc.errors import InputError
-from fuseloc.eval.metrics import pose_errors, summarize
-from fuseloc.io import config_hash, write_json_atomic, write_text_atomic
+from fuseloc.data.extractors import GlobalExtractor, LocalExtractor
+from fuseloc.data.prepare import PreparedFeatures, prepare_features, prepare_scene
+from fuseloc.data.readers.base import DatasetReader, LocalizationData
+from fuseloc.data.scene import Scene
+from fuseloc.data.triangulate import TriangulationConfig
+from fuseloc.eval.keys import fusion_fingerprint, map_inputs, query_fingerprint
+from fuseloc.eval.predictions import PredictionLog, read_predictions
+from fuseloc.eval.report import plot_recall_curves, recall_report, submission_report
+from fuseloc.eval.submission import MethodOutcome, merge_part_outcomes, write_outcome
+from fuseloc.io import config_hash, write_json_atomic
 from fuseloc.localize.fused_map import FusedMap, build_fused_map
 from fuseloc.localize.hierarchical import HierarchicalConfig, HierarchicalLocalizer, build_hierarchical_map
+from fuseloc.localize.index import check_gpu_request
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, QueryLocalizer, localize_queries
-from fuseloc.models.fusion import Fusion, fusion_class_path, fusion_init_args
-from fuseloc.types import Pose, PoseResult
+from fuseloc.models.fusion import FixedFusion, Fusion
 
 logger = logging.getLogger(__name__)
 
 
-def fusion_fingerprint(fusion: Fusion) -> str:
-    digest = hashlib.sha1(fusion_class_path(fusion).encode())
-    digest.update(json.dumps(fusion_init_args(fusion), sort_keys=True, default=str).encode())
-    for k, v in sorted(fusion.state_dict().items()):
-        digest.update(k.encode())
-        digest.update(v.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:10]
+@dataclass
+class EvaluationConfig:
+    """One evaluation with every default resolved (evaluate.py's options; see its docstring for each).
+
+    Attributes:
+        data, local_features, global_features: the dataset and the extractors run on it.
+        lambdas: one fixed fusion per λ (λ = 1 is local-only), reduced with ``reduction``.
+        checkpoint: a train.py checkpoint whose learned fusion is evaluated too.
+        localizer: query-time settings of the fused methods.
+        hierarchical: settings of the hierarchical baseline; None: not run.
+        device: where the fusions run.
+    """
+
+    data: DatasetReader
+    local_features: LocalExtractor
+    global_features: GlobalExtractor
+    local_features_path: Path | None = None
+    global_features_path: Path | None = None
+    lambdas: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    reduction: Literal["pca", "random", "gaussian", "shuffle"] = "pca"
+    normalize_reduced: bool = True
+    checkpoint: Path | None = None
+    localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
+    hierarchical: HierarchicalConfig | None = None
+    triangulation: TriangulationConfig = field(default_factory=TriangulationConfig)
+    output_dir: Path = Path("outputs")
+    progress: bool = True
+    overwrite: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def scene_fingerprint(scene: Scene) -> str:
-    """Hash of everything a map is built from: images, poses, points and observations (not just their counts)."""
-    digest = hashlib.sha1(json.dumps(scene.image_names).encode())
-    for array in (scene.R_cam_from_world, scene.t_cam_from_world, scene.points_xyz, scene.obs_image, scene.obs_point,
-                  scene.obs_xy, scene.obs_keypoint):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:10]
+def run_evaluation(config: EvaluationConfig, show: Callable[[str], None] = logger.info) -> list[MethodOutcome]:
+    """Evaluate every method of ``config``; ``show`` gets the tables and submission paths as text.
+
+    A multi-map dataset (CMU slices, Cambridge scenes) is evaluated part by part, each against its own map
+    (outputs and caches in ``<benchmark>/<part>/``), then every method's results are merged into one
+    submission and one summary in ``<benchmark>/<method>/``; the merged outcomes are returned.
+    """
+    check_gpu_request(config.localizer.index)  # before features and maps are built, not after
+    parts = config.data.load_parts()
+    if len(parts) == 1:
+        return evaluate_part(parts[0], config, show)
+    per_part = [evaluate_part(part, config, show) for part in parts]
+    spec = parts[0].spec
+    merged = merge_part_outcomes(per_part, parts, config.output_dir / spec.name)
+    if any(p.queries.has_ground_truth for p in parts):
+        show(recall_report(f"{spec.name}: {len(parts)} parts ({', '.join(p.part or '?' for p in parts)}), "
+                           f"{sum(len(p.queries) for p in parts)} queries", merged, spec))
+    if merged:
+        show(submission_report(merged, " (all parts)"))
+    return merged
 
 
-def query_fingerprint(queries: QuerySet) -> str:
-    """Hash of the query names and intrinsics: corrected intrinsics must not reuse old predictions."""
-    return config_hash([queries.names, [c.to_tokens() for c in queries.cameras]])
+def evaluate_part(loaded: LocalizationData, config: EvaluationConfig, show: Callable[[str], None]) -> list[MethodOutcome]:
+    """Every method of ``config`` on one map and its queries: fixed fusions, learned fusion, hierarchical."""
+    bench_dir = config.output_dir / loaded.spec.name
+    if loaded.part:
+        bench_dir = bench_dir / loaded.part
+    if config.overwrite and bench_dir.is_dir():
+        logger.warning("overwrite: deleting %s", bench_dir)
+        shutil.rmtree(bench_dir)
+    cache_dir = bench_dir / "cache"
+    progress = config.progress
+    features = prepare_features(loaded, config.local_features, config.global_features, cache_dir, progress,
+                                local_path=config.local_features_path, global_path=config.global_features_path)
+    scene = prepare_scene(loaded, features, config.triangulation, cache_dir)
+    local_dim = features.cache.local(scene.image_names[0]).descriptors.shape[1]
+    global_dim = features.cache.global_descriptor(scene.image_names[0]).shape[0]
+    outcomes = []
+    for lam in config.lambdas:
+        label = "local-only" if lam == 1.0 else f"fused-lam{lam:g}"
+        fusion = FixedFusion(local_dim, global_dim, lam=lam, reduction=config.reduction,
+                             normalize_reduced=config.normalize_reduced).to(config.device)
+        outcomes.append(run_method(label, fusion, scene, loaded, features, config.localizer, cache_dir, bench_dir,
+                                   progress=progress))
+    if config.checkpoint is not None:
+        from fuseloc.models.module import load_fusion_from_checkpoint  # Lightning: imported only when needed
 
-
-def map_inputs(scene: Scene, features: PreparedFeatures) -> dict:
-    """What any map of ``scene`` is built from (features and scene content): the shared part of map cache keys."""
-    return {"local": features.local_tag, "global": features.global_tag, "points": scene.num_points,
-            "obs": len(scene.obs_point), "images": config_hash(scene.image_names), "scene": scene_fingerprint(scene)}
+        fusion = load_fusion_from_checkpoint(config.checkpoint).to(config.device)
+        fusion.check_dims(local_dim, global_dim, str(config.checkpoint))
+        outcomes.append(run_method("learned", fusion, scene, loaded, features, config.localizer, cache_dir, bench_dir,
+                                   fit=False, progress=progress))
+    if config.hierarchical is not None:
+        outcomes.append(run_hierarchical(f"hierarchical-top{config.hierarchical.top_k}", scene, loaded, features,
+                                         config.hierarchical, bench_dir, progress=progress))
+    features.cache.close()
+    if loaded.queries.has_ground_truth:
+        show(recall_report(f"{loaded.spec.name}: {scene.num_images} database images, {scene.num_points} points, "
+                           f"{len(loaded.queries)} queries", outcomes, loaded.spec))
+        show(f"\nrecall curves: {plot_recall_curves(outcomes, loaded.queries, bench_dir / 'recall_curves.png')}")
+    if outcomes:
+        show(submission_report(outcomes))
+    return outcomes
 
 
 def prepare_map(scene: Scene, features: PreparedFeatures, fusion: Fusion, cache_dir: Path, progress: bool = True) -> FusedMap:
@@ -81,108 +150,6 @@ def prepare_map(scene: Scene, features: PreparedFeatures, fusion: Fusion, cache_
 def fit_fusion(fusion: Fusion, scene: Scene, features: PreparedFeatures) -> Fusion:
     fusion.fit(features.cache.global_descriptors(scene.image_names))
     return fusion
-
-
-# --------------------------------------------------------------------------------------------- results
-
-
-def result_to_record(name: str, result: PoseResult) -> dict:
-    return {"name": name, "qvec": result.pose.qvec.tolist(), "tvec": result.pose.t.tolist(), "success": result.success,
-            "num_matches": result.num_matches, "num_inliers": result.num_inliers, "reason": result.reason,
-            "timings": result.timings}
-
-
-def record_to_result(record: dict) -> PoseResult:
-    return PoseResult(Pose.from_qt(record["qvec"], record["tvec"]), bool(record["success"]), int(record["num_matches"]),
-                      int(record["num_inliers"]), record.get("reason", ""), dict(record.get("timings", {})))
-
-
-def read_predictions(path: Path) -> dict[str, PoseResult]:
-    """Read a JSON-lines prediction log; a torn last line (killed mid-write) is ignored."""
-    results: dict[str, PoseResult] = {}
-    if not path.is_file():
-        return results
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            results[record["name"]] = record_to_result(record)
-    return results
-
-
-class PredictionLog:
-    """Append-only JSON-lines log of per-query results; each line is flushed and fsynced."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            # Drop a torn last line so appends start on a clean line.
-            valid = read_predictions(path)
-            text = "".join(json.dumps(result_to_record(n, r)) + "\n" for n, r in valid.items())
-            write_text_atomic(path, text)
-        self._file = open(path, "a")
-
-    def __call__(self, name: str, result: PoseResult) -> None:
-        self._file.write(json.dumps(result_to_record(name, result)) + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def evaluate_results(results: dict[str, PoseResult], queries: QuerySet, spec: BenchmarkSpec) -> dict[str, dict[str, float]]:
-    """Metrics per split (and ``all``) over the queries with ground truth; missing results count as failures."""
-    if not queries.has_ground_truth:
-        return {}
-    groups: dict[str, list[tuple[float, float]]] = {}
-    for name, gt, condition in zip(queries.names, queries.gt_poses, queries.conditions):
-        if gt is None:
-            continue
-        result = results.get(name)
-        err = pose_errors(None if result is None else result.pose, gt)
-        split = spec.split_of(condition)
-        if split != "all":
-            groups.setdefault(split, []).append(err)
-        groups.setdefault("all", []).append(err)
-    summary = {}
-    for split, errs in groups.items():
-        e = np.array(errs)
-        summary[split] = summarize(e[:, 0], e[:, 1], spec.thresholds)
-    return summary
-
-
-def timing_summary(results: dict[str, PoseResult]) -> dict[str, float]:
-    """Median seconds per stage per query."""
-    stages = sorted({k for r in results.values() for k in r.timings})
-    return {stage: float(np.median([r.timings.get(stage, 0.0) for r in results.values()])) for stage in stages}
-
-
-def write_submission(path: Path, results: dict[str, PoseResult], queries: QuerySet, spec: BenchmarkSpec) -> Path:
-    """One ``name qw qx qy qz tx ty tz`` line per query, in query-list order, written atomically."""
-    lines = []
-    for name in queries.names:
-        if name in results:
-            lines.append(results[name].pose.to_line(spec.submission_name(name)) + "\n")
-    return write_text_atomic(path, "".join(lines))
-
-
-@dataclass
-class MethodOutcome:
-    """What one localization method produced."""
-
-    label: str
-    results: dict[str, PoseResult]
-    summary: dict[str, dict[str, float]]
-    timings: dict[str, float]
-    map_bytes: int
-    num_points: int
-    output_dir: Path
 
 
 def run_method(
@@ -260,61 +227,3 @@ def _localize_and_report(
         log.close()
     return write_outcome(method_dir, label, {**done, **new}, data.queries, data.spec, map_bytes, num_points,
                          extra_timings={"map_build_total": map_time})
-
-
-def write_outcome(method_dir: Path, label: str, results: dict[str, PoseResult], queries: QuerySet, spec: BenchmarkSpec,
-                  map_bytes: int, num_points: int, extra_timings: dict[str, float] | None = None,
-                  extra_summary: dict | None = None) -> MethodOutcome:
-    """Evaluate one method's results and write its ``submission.txt`` and ``summary.json``."""
-    summary = evaluate_results(results, queries, spec)
-    timings = {**timing_summary(results), **(extra_timings or {})}
-    write_submission(method_dir / "submission.txt", results, queries, spec)
-    write_json_atomic(method_dir / "summary.json", {
-        "method": label, "benchmark": spec.name, "metrics": summary, "timings_median_s": timings,
-        **(extra_summary or {}), "map_bytes": map_bytes, "num_points": num_points,
-        "failed": sorted(n for n, r in results.items() if not r.success)})
-    return MethodOutcome(label, results, summary, timings, map_bytes, num_points, method_dir)
-
-
-def merge_part_outcomes(per_part: Sequence[Sequence[MethodOutcome]], parts: Sequence[LocalizationData],
-                        bench_dir: Path) -> list[MethodOutcome]:
-    """Merge each method's results over the parts of a multi-map dataset (same methods, same order, per part)
-    into ``<bench_dir>/<method>/submission.txt`` and ``summary.json`` (metrics over all parts plus per part)."""
-    spec = parts[0].spec
-    queries = QuerySet(
-        names=[n for p in parts for n in p.queries.names],
-        cameras=[c for p in parts for c in p.queries.cameras],
-        gt_poses=[g for p in parts for g in (p.queries.gt_poses or [None] * len(p.queries))],
-        conditions=[c for p in parts for c in p.queries.conditions],
-    )
-    if len(set(queries.names)) != len(queries.names):
-        raise InputError("query names repeat across parts; they could not share one submission file")
-    merged = []
-    for outcomes in zip(*per_part):
-        label = outcomes[0].label
-        results = {name: r for o in outcomes for name, r in o.results.items()}
-        merged.append(write_outcome(bench_dir / label, label, results, queries, spec, sum(o.map_bytes for o in outcomes),
-                                    sum(o.num_points for o in outcomes),
-                                    extra_summary={"parts": {p.part: o.summary for p, o in zip(parts, outcomes)}}))
-    return merged
-
-
-def format_table(outcomes: Sequence[MethodOutcome], spec: BenchmarkSpec) -> str:
-    """A plain-text table: one row per method and split with recall, medians, timings and map size."""
-    keys = [f"{t:g}m,{r:g}°" for t, r in spec.thresholds]
-    # Cambridge-style benchmarks are reported as medians in centimetres (BenchmarkSpec.report == "median").
-    t_scale, t_unit = (100.0, "cm") if spec.report == "median" else (1.0, "m")
-    header = ["method", "split", "n", *keys, f"med t ({t_unit})", "med R (°)", "match (ms)", "pnp (ms)", "map (MB)"]
-    rows = [header]
-    for o in outcomes:
-        # Hierarchical runs time retrieval + 2D-2D matching where fused runs time fusion + 1-NN search.
-        fuse_search = 1e3 * sum(o.timings.get(k, 0) for k in ("fusion", "search", "retrieval", "matching"))
-        for split, m in sorted(o.summary.items(), key=lambda kv: (kv[0] == "all", kv[0])):
-            recalls = [f"{m[k]:.1f}" for k in m if k.startswith("recall_")]
-            rows.append([o.label, split, str(m["num_queries"]), *recalls, f"{t_scale * m['median_t_m']:.3f}", f"{m['median_R_deg']:.2f}",
-                         f"{fuse_search:.1f}", f"{1e3 * o.timings.get('pnp', 0):.1f}", f"{o.map_bytes / 1e6:.2f}"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fuseloc.data.features import FeatureCache
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.observations import associate_image, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError

@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 
-from fuseloc.data.features import FeatureCache
+from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.scene import QuerySet
 from fuseloc.localize.fused_map import FusedMap
 from fuseloc.localize.index import IndexConfig, SearchResult, load_or_build_index
@@ -101,9 +101,13 @@ class Localizer:
         timings["search"] = time.perf_counter() - t1
         return QueryMatches(keypoints[keep], result.indices[keep, 0], result.distances[keep, 0])
 
-    def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult:
+    def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray,
+                 on_matches: Callable[[QueryMatches], None] | None = None) -> PoseResult:
+        """Match, then PnP; ``on_matches`` sees the 2D-3D matches first (validation scores them, for one)."""
         timings: dict[str, float] = {}
         matches = self.match(local_desc, keypoints, global_desc, timings)
+        if on_matches is not None:
+            on_matches(matches)
         return self.pose_from_matches(matches, camera, global_desc, timings, num_keypoints=len(keypoints))
 
     def pose_from_matches(self, matches: QueryMatches, camera: Camera, global_desc: np.ndarray,
@@ -167,13 +171,24 @@ class QueryLocalizer(Protocol):
     def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult: ...
 
 
-def localize_one(localizer: QueryLocalizer, features: FeatureCache, name: str, camera: Camera) -> PoseResult:
+MatchHook = Callable[[str, QueryMatches], None]
+"""Called with a query's name and its 2D-3D matches, before PnP (fused :class:`Localizer` only)."""
+
+
+def localize_one(localizer: QueryLocalizer, features: FeatureCache, name: str, camera: Camera,
+                 on_matches: MatchHook | None = None) -> PoseResult:
     """Read one query's cached features and localize it; feature reading is timed as ``features_io``."""
     t0 = time.perf_counter()
     local = features.local(name)
     global_desc = features.global_descriptor(name)
     io_time = time.perf_counter() - t0
-    result = localizer.localize(camera, local.keypoints, local.descriptors, global_desc)
+    if on_matches is None:
+        result = localizer.localize(camera, local.keypoints, local.descriptors, global_desc)
+    else:
+        if not isinstance(localizer, Localizer):
+            raise TypeError(f"on_matches needs a fused Localizer, not {type(localizer).__name__}")
+        result = localizer.localize(camera, local.keypoints, local.descriptors, global_desc,
+                                    on_matches=lambda matches: on_matches(name, matches))
     result.timings["features_io"] = io_time
     return result
 
@@ -185,8 +200,10 @@ def localize_queries(
     skip: set[str] | None = None,
     on_result: Callable[[str, PoseResult], None] | None = None,
     progress: bool = True,
+    on_matches: MatchHook | None = None,
 ) -> dict[str, PoseResult]:
-    """Localize every query (except those in ``skip``); ``on_result`` sees each result as it comes (for logs)."""
+    """Localize every query (except those in ``skip``); ``on_result`` sees each result as it comes (for logs),
+    ``on_matches`` each query's 2D-3D matches before PnP (for match statistics; fused :class:`Localizer` only)."""
     from tqdm import tqdm
 
     results: dict[str, PoseResult] = {}
@@ -194,7 +211,7 @@ def localize_queries(
     for name, camera in tqdm(list(zip(queries.names, queries.cameras)), desc="localizing", disable=not progress, leave=False):
         if skip and name in skip:
             continue
-        result = localize_one(localizer, features, name, camera)
+        result = localize_one(localizer, features, name, camera, on_matches)
         if not result.success:
             failed += 1
             logger.debug("query %s failed (%s); using the nearest database pose", name, result.reason)

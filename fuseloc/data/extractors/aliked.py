@@ -13,13 +13,8 @@ from typing import Literal
 import torch
 
 from fuseloc.data.extractors._packaged import packaged_file
-from fuseloc.data.extractors.base import (
-    Detections,
-    TorchLocalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import Detections, TorchLocalExtractor
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 
 ALIKEDModel = Literal["aliked-t16", "aliked-n16", "aliked-n16rot", "aliked-n32"]
 _DIMS = {"aliked-t16": 64, "aliked-n16": 128, "aliked-n16rot": 128, "aliked-n32": 128}

@@ -27,7 +27,7 @@ Weights: ``CricaVPR.pth`` (github.com/Lu-Feng/CricaVPR, GitHub release v1.0, als
 README). It is the training script's checkpoint, ``{'epoch_num', 'model_state_dict', 'optimizer_state_dict',
 'recalls' (a numpy float64 array), 'best_r5' (a numpy float64), 'not_improved_num'}`` (its ``hubconf.py`` reads
 ``model_state_dict``), read safely with the numpy allowlist of
-:func:`~fuseloc.data.extractors.base.numpy_safe_globals`. The state dict is DataParallel's:
+:func:`~fuseloc.data.extractors.weights.numpy_safe_globals`. The state dict is DataParallel's:
 ``module.backbone.<DINOv2 keys>`` (``mask_token`` included; adapters: ``blocks.<i>.adapter.{D_fc1,D_fc2,
 branch1.{conv,bn},branch2.{0,1}.{conv,bn},branch3.{0,1}.{conv,bn}}``), ``module.aggregation.1.p`` and
 ``module.encoder.layers.{0,1}.*`` (torch's ``TransformerEncoderLayer`` names). The position-embedding grid is
@@ -41,15 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuseloc.data.extractors.base import (
-    ImageNetNormalize,
-    TorchGlobalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import ImageNetNormalize, TorchGlobalExtractor
 from fuseloc.data.extractors.dinov2 import DinoV2
 from fuseloc.data.extractors.eigenplaces import GeM, L2Norm
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 
 #: The released architecture; the extractor's tag names only the differences from it.
 RELEASE = {"dim": 768, "depth": 12, "heads": 12, "encoder_heads": 16, "encoder_ffn": 2048, "encoder_layers": 2}

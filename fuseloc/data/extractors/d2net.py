@@ -28,13 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuseloc.data.extractors.backbones import vgg16_features
-from fuseloc.data.extractors.base import (
-    Detections,
-    TorchLocalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import Detections, TorchLocalExtractor
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 from fuseloc.errors import InputError
 
 #: Caffe-style BGR means (0-255) the released VGG16 weights were trained with.

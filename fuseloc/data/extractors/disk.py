@@ -11,13 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from fuseloc.data.extractors._packaged import packaged_file
-from fuseloc.data.extractors.base import (
-    Detections,
-    TorchLocalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import Detections, TorchLocalExtractor
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 
 
 class Disk(TorchLocalExtractor):

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuseloc.data.extractors.base import (
-    ImageNetNormalize,
-    TorchGlobalExtractor,
+from fuseloc.data.extractors.base import ImageNetNormalize, TorchGlobalExtractor
+from fuseloc.data.extractors.dinov2 import DinoV2
+from fuseloc.data.extractors.salad import SaladAggregator
+from fuseloc.data.extractors.weights import (
     hub_checkpoint_dir,
     huggingface_cached_file,
     load_into,
@@ -42,8 +43,6 @@ from fuseloc.data.extractors.base import (
     rename_prefixes,
     resolve_weights,
 )
-from fuseloc.data.extractors.dinov2 import DinoV2
-from fuseloc.data.extractors.salad import SaladAggregator
 
 #: The released architecture; the extractor's tag names only the differences from it.
 RELEASE = {"dim": 768, "depth": 12, "heads": 12, "num_clusters": 64, "cluster_dim": 256, "token_dim": 256,

@@ -17,13 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuseloc.data.extractors.backbones import ResNet
-from fuseloc.data.extractors.base import (
-    ImageNetNormalize,
-    TorchGlobalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import ImageNetNormalize, TorchGlobalExtractor
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 
 
 class FeatureMixer(nn.Module):

@@ -4,7 +4,7 @@ Weights: the checkpoint of Nanne/pytorch-NetVlad (VGG16, 64 clusters, Pittsburgh
 Drive folder ``vgg16_netvlad_checkpoint/`` holding ``checkpoints/checkpoint.pth.tar`` (what its ``--resume``
 reads). The file is a training checkpoint: ``{'epoch', 'state_dict', 'recalls' (numpy floats), 'best_score'
 (a numpy float), 'optimizer', 'parallel'}``, read safely with the numpy allowlist of
-:func:`~fuseloc.data.extractors.base.numpy_safe_globals`. State-dict keys: ``encoder.<i>.{weight,bias}`` for
+:func:`~fuseloc.data.extractors.weights.numpy_safe_globals`. State-dict keys: ``encoder.<i>.{weight,bias}`` for
 VGG16 ``features[:29]`` (conv5_3 without its ReLU) and ``pool.conv.weight``, ``pool.centroids`` for the NetVLAD
 layer (vladv1: no assignment bias). A multi-GPU run saves ``encoder.module.<i>`` and ``pool.module.*``
 (DataParallel around each part); both forms load.
@@ -21,14 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fuseloc.data.extractors.backbones import vgg16_features
-from fuseloc.data.extractors.base import (
-    ImageNetNormalize,
-    TorchGlobalExtractor,
-    load_into,
-    load_state_dict,
-    rename_prefixes,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import ImageNetNormalize, TorchGlobalExtractor
+from fuseloc.data.extractors.weights import load_into, load_state_dict, rename_prefixes, resolve_weights
 from fuseloc.errors import InputError
 
 #: Where the release's file lies once its Google Drive folder is unpacked.

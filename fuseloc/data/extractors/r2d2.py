@@ -41,14 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuseloc.data.extractors.base import (
-    Detections,
-    ImageNetNormalize,
-    TorchLocalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import Detections, ImageNetNormalize, TorchLocalExtractor
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 from fuseloc.errors import InputError
 
 logger = logging.getLogger(__name__)

@@ -27,14 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuseloc.data.extractors.base import (
-    ImageNetNormalize,
-    TorchGlobalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import ImageNetNormalize, TorchGlobalExtractor
 from fuseloc.data.extractors.dinov2 import HubBackbone
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 
 
 def sinkhorn_log_assignment(scores: torch.Tensor, dustbin: torch.Tensor, iterations: int = 3) -> torch.Tensor:

@@ -23,13 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuseloc.data.extractors.base import (
-    Detections,
-    TorchLocalExtractor,
-    load_into,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import Detections, TorchLocalExtractor
+from fuseloc.data.extractors.weights import load_into, load_state_dict, resolve_weights
 
 
 class SuperPointNet(nn.Module):

@@ -13,13 +13,8 @@ from pathlib import Path
 import torch
 
 from fuseloc.data.extractors._packaged import packaged_file
-from fuseloc.data.extractors.base import (
-    Detections,
-    TorchLocalExtractor,
-    default_device,
-    load_state_dict,
-    resolve_weights,
-)
+from fuseloc.data.extractors.base import Detections, TorchLocalExtractor, default_device
+from fuseloc.data.extractors.weights import load_state_dict, resolve_weights
 
 
 class XFeat(TorchLocalExtractor):

@@ -1,0 +1,60 @@
+"""Per-query predictions: JSON records of :class:`~fuseloc.types.PoseResult` and the append-only log of a run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fuseloc.io import write_text_atomic
+from fuseloc.types import Pose, PoseResult
+
+
+def result_to_record(name: str, result: PoseResult) -> dict:
+    return {"name": name, "qvec": result.pose.qvec.tolist(), "tvec": result.pose.t.tolist(), "success": result.success,
+            "num_matches": result.num_matches, "num_inliers": result.num_inliers, "reason": result.reason,
+            "timings": result.timings}
+
+
+def record_to_result(record: dict) -> PoseResult:
+    return PoseResult(Pose.from_qt(record["qvec"], record["tvec"]), bool(record["success"]), int(record["num_matches"]),
+                      int(record["num_inliers"]), record.get("reason", ""), dict(record.get("timings", {})))
+
+
+def read_predictions(path: Path) -> dict[str, PoseResult]:
+    """Read a JSON-lines prediction log; a torn last line (killed mid-write) is ignored."""
+    results: dict[str, PoseResult] = {}
+    if not path.is_file():
+        return results
+    with open(path) as f:
+        for line in f:
+            if not line.endswith("\n"):
+                break
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            results[record["name"]] = record_to_result(record)
+    return results
+
+
+class PredictionLog:
+    """Append-only JSON-lines log of per-query results; each line is flushed and fsynced."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            # Drop a torn last line so appends start on a clean line.
+            valid = read_predictions(path)
+            text = "".join(json.dumps(result_to_record(n, r)) + "\n" for n, r in valid.items())
+            write_text_atomic(path, text)
+        self._file = open(path, "a")
+
+    def __call__(self, name: str, result: PoseResult) -> None:
+        self._file.write(json.dumps(result_to_record(name, result)) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
