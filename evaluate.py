@@ -1,12 +1,14 @@
 """Localize a benchmark's queries and report recall; with no arguments, the embedded demo town.
 
     python evaluate.py                                   # embedded scene: local-only vs fused, side by side
-    python evaluate.py --config configs/eval/strecha_fountain.yaml
-    python evaluate.py --data fuseloc.data.readers.generic.GenericDataset --data.root /path/to/data
+    python evaluate.py --config configs/data/strecha_fountain.yaml --config configs/features/sift4096.yaml
+    python evaluate.py --data.reader fuseloc.data.readers.generic.GenericReader --data.reader.root /path/to/data
     python evaluate.py --print_config                    # every option with its default
 
-Outputs go to ``<output_dir>/<benchmark>/<method>/``: ``submission.txt`` (name qw qx qy qz tx ty tz),
-``predictions.jsonl`` (per-query matches, inliers, status, timings), ``summary.json`` (recall table).
+``data`` (reader, features, output_dir...) has the keys of train.py's ``data``, so the snippets under
+configs/data and configs/features serve both tools. Outputs go to ``<data.output_dir>/<benchmark>/<method>/``:
+``submission.txt`` (name qw qx qy qz tx ty tz), ``predictions.jsonl`` (per-query matches, inliers, status,
+timings), ``summary.json`` (recall table).
 """
 
 from __future__ import annotations
@@ -16,35 +18,22 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from fuseloc.data.extractors import GlobalExtractor, LocalExtractor, Sift, Vlad
-from fuseloc.data.readers.base import DatasetReader
-from fuseloc.data.triangulate import TriangulationConfig
+from fuseloc.data.config import DataConfig
 from fuseloc.errors import InputError
-from fuseloc.localize.index import IndexConfig
 from fuseloc.localize.pipeline import LocalizerConfig
-from fuseloc.localize.pose import PnPConfig
 
 logger = logging.getLogger("fuseloc.evaluate")
 
 
 def evaluate(
-    data: DatasetReader | None = None,
-    local_features: LocalExtractor | None = None,
-    global_features: GlobalExtractor | None = None,
-    local_features_path: Path | None = None,
-    global_features_path: Path | None = None,
+    data: DataConfig = DataConfig(),  # noqa: B008 (frozen; jsonargparse reads defaults from the signature)
     lambdas: list[float] = [1.0, 0.5],  # noqa: B006 (jsonargparse reads defaults from the signature)
     reduction: Literal["pca", "random", "gaussian", "shuffle"] = "pca",
     normalize_reduced: bool = True,
     checkpoint: Path | None = None,
-    query_global: Literal["light", "heavy"] = "light",
-    min_inliers: int = 12,
-    ransac_max_error: float = 12.0,
-    index: IndexConfig | None = None,
+    localizer: LocalizerConfig = LocalizerConfig(),  # noqa: B008 (frozen)
     hierarchical: bool = False,
     top_k: int = 10,
-    triangulation: TriangulationConfig | None = None,
-    output_dir: Path = Path("outputs"),
     progress: bool = True,
     overwrite: bool = False,
     device: str = "cpu",
@@ -52,60 +41,46 @@ def evaluate(
     """Evaluate fixed fusions (one per λ; λ = 1 is local-only) and optionally a learned fusion.
 
     Args:
-        data: dataset reader; default: the embedded synthetic town.
-        local_features: local feature extractor; default: RootSIFT.
-        global_features: global descriptor (any ``GlobalExtractor``, e.g. ``fuseloc.data.extractors.NetVLAD``);
-            default: VLAD trained on the database.
-        local_features_path: an existing local feature file (hloc's ``feats-*.h5`` or ours) used instead of
-            extracting; it must hold every database and query image.
-        global_features_path: an existing global feature file (hloc's ``global-feats-*.h5`` or ours).
+        data: the dataset reader, local and global features (or existing feature files), triangulation and
+            the root of outputs and caches; the same keys as train.py's ``data``.
         lambdas: λ of each fixed fusion to run (weight of the local descriptor).
         reduction: how the global descriptor is reduced to the local dimension: pca, random, gaussian or
             shuffle (the FUSELOC authors' seeded coordinate selection; see configs/eval/paper/).
         normalize_reduced: L2-normalise the reduced global part (fuseloc); the authors do not.
         checkpoint: a train.py checkpoint whose learned fusion is evaluated too.
-        query_global: ``light`` (the query's own global descriptor) or ``heavy`` (its nearest database image's).
-        min_inliers: PnP inliers below which a query is marked failed and gets the nearest database pose.
-        ransac_max_error: RANSAC inlier threshold in pixels.
-        index: nearest-neighbour index over the fused map (default: exact up to 10k points, IVF above).
+        localizer: query-time settings, as the validation callback's: ``query_global`` (``light``: the query's
+            own global descriptor, ``heavy``: its nearest database image's), ``min_inliers`` (fewer PnP inliers
+            mark a query failed; it gets the nearest database pose), ``pnp`` (``pnp.max_reproj_error``: the
+            RANSAC inlier threshold in pixels) and ``index`` (nearest-neighbour index over the fused map: exact
+            up to 10k points, IVF above; ``index.use_gpu`` puts it on the GPU).
         hierarchical: also run the hierarchical baseline (retrieval, 2D-2D mutual matching, PnP) on the same
-            features and solver.
+            features, with ``localizer.min_inliers`` and ``localizer.pnp``.
         top_k: database images the hierarchical baseline retrieves per query.
-        triangulation: how a map is triangulated when the reference model has no points.
-        output_dir: root of outputs and caches.
         progress: show progress bars.
-        overwrite: delete this benchmark's caches and results under ``output_dir`` first and start from scratch
-            (otherwise every finished step is reused and an interrupted run resumes).
+        overwrite: delete this benchmark's caches and results under ``data.output_dir`` first and start from
+            scratch (otherwise every finished step is reused and an interrupted run resumes).
         device: where the fusions run (map building and query fusion): ``cpu`` (default), ``cuda``, ``cuda:N``
             or ``auto`` (CUDA when torch sees a GPU, else CPU). The default is the CPU because fusing one query
             is a few element-wise operations on a few thousand keypoints, which a host-to-GPU round trip does
             not beat; ``cuda`` pays off for learned fusions with a local projection over large maps. Maps are
-            cached by fusion, not by device. The faiss index has its own switch: ``--index.use_gpu true``.
+            cached by fusion, not by device. The faiss index has its own switch:
+            ``--localizer.index.use_gpu true``.
     """
-    from fuseloc.data.readers.town import EmbeddedTown
     from fuseloc.eval.runner import EvaluationConfig, run_evaluation
     from fuseloc.localize.hierarchical import HierarchicalConfig
 
-    torch_device = resolve_device(device)
-    pnp = PnPConfig(max_reproj_error=ransac_max_error)
     config = EvaluationConfig(
-        data=data if data is not None else EmbeddedTown(),
-        local_features=local_features or Sift(),
-        global_features=global_features or Vlad(),
-        local_features_path=local_features_path,
-        global_features_path=global_features_path,
+        data=data.resolved(),
         lambdas=lambdas,
         reduction=reduction,
         normalize_reduced=normalize_reduced,
         checkpoint=checkpoint,
-        localizer=LocalizerConfig(query_global=query_global, min_inliers=min_inliers,  # type: ignore[arg-type]
-                                  pnp=pnp, index=index or IndexConfig()),
-        hierarchical=HierarchicalConfig(top_k=top_k, min_inliers=min_inliers, pnp=pnp) if hierarchical else None,
-        triangulation=triangulation or TriangulationConfig(),
-        output_dir=Path(output_dir),
+        localizer=localizer,
+        hierarchical=(HierarchicalConfig(top_k=top_k, min_inliers=localizer.min_inliers, pnp=localizer.pnp)
+                      if hierarchical else None),
         progress=progress,
         overwrite=overwrite,
-        device=torch_device,
+        device=resolve_device(device),
     )
     return run_evaluation(config, show=print)
 

@@ -1,15 +1,17 @@
 """Train a learned fusion (metric learning over 2D-3D correspondences) with LightningCLI.
 
     python train.py fit                                         # embedded town, configs/base.yaml
-    python train.py fit --config configs/train/strecha_fountain.yaml
+    python train.py fit --config configs/data/strecha_fountain.yaml --config configs/features/sift4096.yaml --config configs/train/strecha_fountain.yaml
     python train.py fit --trainer.devices 2 --trainer.strategy ddp
     python train.py fit --trainer.accelerator gpu --trainer.devices 1              # CUDA (fusion, loss, validation)
     python train.py fit --data.global_features fuseloc.data.extractors.MegaLoc   # any GlobalExtractor, not only VLAD
     python train.py fit --print_config                          # every option with its default
 
-configs/base.yaml is always read first; ``--config`` files state only what differs. The checkpoint
-(``<log_dir>/checkpoints/*.ckpt``) evaluates next to the fixed fusions with
-``python evaluate.py --checkpoint path.ckpt`` (same dataset and feature settings).
+configs/base.yaml is always read first; ``--config`` files state only what differs, later ones over earlier
+ones. ``data`` has evaluate.py's keys (``data.reader``, ``data.local_features``, ``data.global_features``,
+``data.output_dir``...), so the snippets under configs/data and configs/features serve both tools. The
+checkpoint (``<log_dir>/checkpoints/*.ckpt``) evaluates next to the fixed fusions with
+``python evaluate.py --checkpoint path.ckpt`` and the same dataset and feature settings (the same snippets).
 """
 
 from __future__ import annotations

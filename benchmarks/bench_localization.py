@@ -1,8 +1,8 @@
 """Per-method recall, per-stage query time, peak memory and map size, against the hierarchical baseline.
 
     python benchmarks/bench_localization.py                                        # the embedded town
-    python benchmarks/bench_localization.py --config configs/eval/strecha_fountain.yaml
-    python benchmarks/bench_localization.py --config configs/eval/strecha_herzjesu.yaml --repeats 5
+    python benchmarks/bench_localization.py --config configs/data/strecha_fountain.yaml --config configs/features/sift4096.yaml
+    python benchmarks/bench_localization.py --config configs/data/strecha_herzjesu.yaml --config configs/features/sift4096.yaml --repeats 5
 
 Features, the triangulated scene and fused maps come from (and go to) the same caches as evaluate.py.
 Timing: one fresh process holds every method and runs the query loop ``repeats`` times, methods interleaved
@@ -24,14 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fuseloc.data.extractors import LocalExtractor, Sift, Vlad
-from fuseloc.data.readers.base import DatasetReader
-from fuseloc.data.triangulate import TriangulationConfig
+from fuseloc.data.config import DataConfig
 from fuseloc.localize.hierarchical import HierarchicalConfig
 from fuseloc.localize.pipeline import LocalizerConfig, localize_one
 
-# evaluate.py options that a shared YAML may carry; the benchmark takes its own localizer/hierarchical settings.
-EVALUATE_ONLY = ("query_global", "min_inliers", "ransac_max_error", "progress", "top_k", "index")
+# evaluate.py options that a shared YAML may carry and that do not concern timing (data and localizer are shared).
+EVALUATE_ONLY = ("progress", "top_k", "overwrite", "device")
 STAGES = ["features_io", "fusion", "search", "retrieval", "matching", "pnp"]
 
 
@@ -173,47 +171,42 @@ def _in_fresh_process(function, *args):  # noqa: ANN001, ANN202
 
 
 def benchmark(
-    data: DatasetReader | None = None,
-    local_features: LocalExtractor | None = None,
-    global_features: Vlad | None = None,
+    data: DataConfig = DataConfig(),  # noqa: B008 (frozen; jsonargparse reads defaults from the signature)
     lambdas: list[float] = [1.0, 0.5],  # noqa: B006 (jsonargparse reads defaults from the signature)
     reduction: str = "pca",
+    normalize_reduced: bool = True,
     checkpoint: Path | None = None,
-    localizer: LocalizerConfig | None = None,
+    localizer: LocalizerConfig = LocalizerConfig(),  # noqa: B008 (frozen)
     hierarchical: HierarchicalConfig | None = None,
-    triangulation: TriangulationConfig | None = None,
     repeats: int = 3,
-    output_dir: Path = Path("outputs"),
 ) -> list[MethodReport]:
     """Benchmark local-only / fused (one per λ), learned (with ``checkpoint``) and hierarchical localization.
 
     Args:
-        data: dataset reader; default: the embedded synthetic town.
-        local_features: local feature extractor; default: RootSIFT.
-        global_features: global descriptor; default: VLAD trained on the database.
+        data: dataset, features, triangulation and the root of the caches shared with evaluate.py (evaluate.py's
+            ``data`` section; default: the embedded town, RootSIFT, VLAD).
         lambdas: λ of each fixed fusion (λ = 1 is local-only).
         reduction: global-descriptor reduction of the fixed fusions.
+        normalize_reduced: L2-normalise their reduced global part (as evaluate.py's option).
         checkpoint: a train.py checkpoint whose learned fusion is benchmarked too.
         localizer: query settings of the fused methods (index, PnP, match filtering).
         hierarchical: settings of the hierarchical baseline (top-k, PnP).
-        triangulation: how a map is triangulated when the reference model has no points.
         repeats: passes over all queries per method.
-        output_dir: root of the caches shared with evaluate.py.
     """
+    from fuseloc.cachekeys import key_of, keyed_name
     from fuseloc.data.prepare import prepare_features, prepare_scene
-    from fuseloc.data.readers.town import EmbeddedTown
     from fuseloc.eval.metrics import evaluate_results, threshold_key
     from fuseloc.eval.runner import prepare_map
-    from fuseloc.io import config_hash
     from fuseloc.models.fusion import FixedFusion
 
-    localizer = localizer or LocalizerConfig()
     hierarchical = hierarchical or HierarchicalConfig()
-    loaded = (data if data is not None else EmbeddedTown()).load()
-    cache_dir = Path(output_dir) / loaded.spec.name / "cache"
-    features = prepare_features(loaded, local_features or Sift(), global_features or Vlad(), cache_dir, progress=False)
-    scene = prepare_scene(loaded, features, triangulation or TriangulationConfig(), cache_dir)
-    scene_path = cache_dir / f"bench-scene-{config_hash([scene.num_points, len(scene.obs_point), scene.image_names])}.npz"
+    data = data.resolved()
+    loaded = data.reader.load()
+    cache_dir = data.output_dir / loaded.spec.name / "cache"
+    features = prepare_features(loaded, data.local_features, data.global_features, cache_dir, progress=False,
+                                local_path=data.local_features_path, global_path=data.global_features_path)
+    scene = prepare_scene(loaded, features, data.triangulation, cache_dir)
+    scene_path = cache_dir / keyed_name("bench-scene", key_of([scene.num_points, len(scene.obs_point), scene.image_names]), ".npz")
     if not scene_path.is_file():
         scene.save(scene_path)
     local_dim = features.cache.local(scene.image_names[0]).descriptors.shape[1]
@@ -223,7 +216,8 @@ def benchmark(
                   hierarchical=hierarchical, repeats=repeats)
     jobs = []
     for lam in lambdas:
-        fusion = FixedFusion(local_dim, global_dim, lam=lam, reduction=reduction)  # type: ignore[arg-type]
+        fusion = FixedFusion(local_dim, global_dim, lam=lam, reduction=reduction,  # type: ignore[arg-type]
+                             normalize_reduced=normalize_reduced)
         fusion.fit(features.cache.global_descriptors(scene.image_names))
         fused_map = prepare_map(scene, features, fusion, cache_dir, progress=False)
         jobs.append(MethodJob("local-only" if lam == 1.0 else f"fused-lam{lam:g}", "fused",

@@ -117,7 +117,7 @@ def stage(path: Path, method: str) -> dict:
     parse_s = time.perf_counter() - t0
     peak = peak_rss()
     arrays = sum(getattr(model, name).nbytes for name in ("focals", "qvecs", "centers", "radial", "points_xyz",
-                                                           "obs_image", "obs_point", "obs_feature", "obs_xy"))
+                                                           "obs_image", "obs_point", "obs_keypoint", "obs_xy"))
     return {"method": method, "parse_s": parse_s, "points": len(model.points_xyz),
             "measurements": int(len(model.obs_image)), "cameras": model.num_cameras,
             "peak_above_baseline_gib": (peak - baseline) / 2**30, "baseline_gib": baseline / 2**30,

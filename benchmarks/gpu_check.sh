@@ -4,7 +4,7 @@
 #      the validation callback, train.py --trainer.accelerator gpu, faiss GPU indexes when faiss-gpu is there);
 #   2. train.py fit on 1 GPU, 2 epochs on the embedded town;
 #   3. DDP with 2 processes: on 2 GPUs when there are 2, else 2 processes sharing GPU 0 (see below);
-#   4. evaluate.py with the fusion on CUDA (--device cuda) and the faiss index on the GPU (--index.use_gpu),
+#   4. evaluate.py with the fusion on CUDA (--device cuda) and the faiss index on the GPU (--localizer.index.use_gpu),
 #      fixed fusions next to the checkpoint of step 2; prints the recall table.
 # It exits non-zero when a step fails, and prints a summary line per step at the end.
 #
@@ -150,7 +150,7 @@ step "train DDP metrics" val_metrics "$OUT_DIR/train/town/ddp2"
 # 4. evaluate.py: fusion on CUDA, faiss index on the GPU -------------------------------------------------------
 CKPT=$(ls "$OUT_DIR"/train/town/gpu1/checkpoints/best-*.ckpt 2>/dev/null | head -n 1)
 [[ "$FAISS_GPU" == true ]] || echo "NOTE: faiss has no usable GPU here: evaluate.py uses the CPU index" | tee -a "$LOG"
-step "evaluate $DEVICE" "$PY" evaluate.py --device "$DEVICE" --index.use_gpu "$FAISS_GPU" --output_dir "$OUT_DIR/outputs" \
+step "evaluate $DEVICE" "$PY" evaluate.py --device "$DEVICE" --localizer.index.use_gpu "$FAISS_GPU" --data.output_dir "$OUT_DIR/outputs" \
     --progress false ${CKPT:+--checkpoint "$CKPT"}
 
 echo

@@ -1,9 +1,8 @@
-"""Small file helpers: atomic writes, line-numbered text parsing, config hashing."""
+"""Small file helpers: atomic writes, line-numbered text parsing (cache keys: :mod:`fuseloc.cachekeys`)."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -82,9 +81,3 @@ def parse_floats(tokens: list[str], path: str | Path, line: int, what: str) -> l
     except ValueError:
         raise InputError(f"expected numbers for {what}, got {' '.join(tokens)!r}", path, line) from None
     return values
-
-
-def config_hash(config: Any, length: int = 8) -> str:
-    """A short stable hash of a JSON-serialisable config, used to key caches by what produced them."""
-    blob = json.dumps(config, sort_keys=True, default=_json_default).encode()
-    return hashlib.sha1(blob).hexdigest()[:length]

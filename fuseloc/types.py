@@ -193,3 +193,16 @@ class LocalFeatures:
     descriptors: np.ndarray
     scores: np.ndarray
     image_size: tuple[int, int]
+
+
+def project(camera: Camera, pose: Pose, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) pixel projections (COLMAP convention, with distortion) and (N,) in-front-of-camera mask."""
+    import pycolmap
+
+    cam = pycolmap.Camera(model=camera.model, width=camera.width, height=camera.height, params=list(camera.params))
+    p_cam = pose.transform(np.asarray(points, np.float64))
+    front = p_cam[:, 2] > 1e-6
+    uv = np.full((len(points), 2), np.inf)
+    if front.any():
+        uv[front] = cam.img_from_cam(p_cam[front])
+    return uv, front

@@ -1,11 +1,11 @@
-"""Shared fixtures. The toy scene builder lives in toy_scene.py so tests can call it with arguments."""
+"""Shared fixtures. The toy scene builder lives in fixtures/toy.py so tests can call it with arguments."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from toy_scene import ToyScene, make_toy_scene
+from fixtures.toy import ToyScene, make_toy_scene
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

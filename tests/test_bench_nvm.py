@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.scripts import load_script
 
 from fuseloc.data.readers.nvm import read_nvm
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def bench_nvm_scale():
-    spec = importlib.util.spec_from_file_location("bench_nvm_scale", BENCHMARKS / "bench_nvm_scale.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_nvm_scale"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_nvm_scale")
 
 
 def test_synthetic_all_nvm_parses_to_what_was_written(bench_nvm_scale, tmp_path):
@@ -29,7 +21,7 @@ def test_synthetic_all_nvm_parses_to_what_was_written(bench_nvm_scale, tmp_path)
     fast = read_nvm(tmp_path / "all.nvm", method="vectorised")
     slow = read_nvm(tmp_path / "all.nvm", method="lines")
     assert (len(fast.points_xyz), fast.num_cameras, len(fast.obs_image)) == (3000, 40, sizes["measurements"])
-    for field in ("points_xyz", "obs_image", "obs_point", "obs_feature", "obs_xy", "qvecs", "centers"):
+    for field in ("points_xyz", "obs_image", "obs_point", "obs_keypoint", "obs_xy", "qvecs", "centers"):
         np.testing.assert_array_equal(getattr(fast, field), getattr(slow, field), err_msg=field)
     tracks = np.bincount(fast.obs_point)
     assert tracks.min() >= 2 and 3.7 < tracks.mean() < 4.3

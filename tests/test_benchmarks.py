@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):  # noqa: ANN202 (module)
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from fixtures.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def bench_index_scale():
-    return _load("bench_index_scale")
+    return load_script("benchmarks/bench_index_scale")
 
 
 def test_index_scale_benchmark_reports_speed_and_agreement(bench_index_scale, tmp_path, capsys):

@@ -8,21 +8,23 @@ runs them on a GPU machine).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from tiny_scene import ToyExtractor, ToyReader
-from toy_scene import make_toy_scene
+from fixtures.scripts import load_script
+from fixtures.toy import make_toy_scene
+from fixtures.toy_training import ToyExtractor, ToyReader
 
 from fuseloc.callbacks.localization_val import LocalizationValidation
+from fuseloc.data.config import DataConfig
 from fuseloc.data.correspondences import BatchConfig
 from fuseloc.data.datamodule import FuseLocDataModule
 from fuseloc.data.extractors import Vlad
@@ -140,7 +142,7 @@ def test_map_and_localizer_with_a_float64_fusion_equal_float32(tmp_path):
 def test_fast_dev_run_in_float64_goes_through_the_validation_callback(tmp_path):
     """Lightning's 64-true precision puts the fusion in float64 (as a GPU run puts it on CUDA); the validation
     callback's map building and matching must follow it."""
-    dm = FuseLocDataModule(dataset=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
+    dm = FuseLocDataModule(reader=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
                            global_features=Vlad(num_clusters=4), output_dir=tmp_path, holdout_every=3,
                            confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=2))
     model = FuseLocModule(StrictLearnedFusion(dm.local_dim, dm.global_dim))
@@ -165,18 +167,8 @@ def test_faiss_gpu_request_without_faiss_gpu_is_a_one_line_input_error():
         MapIndex(points, IndexConfig(kind="ivf", nlist=2, use_gpu=True))
 
 
-def _evaluate_script():
-    name = "fuseloc_evaluate_device"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "evaluate.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # jsonargparse resolves evaluate()'s postponed annotations through it
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def test_evaluate_device_option(caplog):
-    evaluate_script = _evaluate_script()
+    evaluate_script = load_script("evaluate")
     assert evaluate_script.resolve_device("cpu") == torch.device("cpu")
     assert evaluate_script.resolve_device("auto") == torch.device("cuda" if CUDA else "cpu")
     with pytest.raises(InputError, match="auto, cpu, cuda"):
@@ -191,7 +183,7 @@ def test_evaluate_device_option(caplog):
     if not gpu_available():
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="fuseloc.evaluate"):
-            assert evaluate_script.main(["--index.use_gpu", "true"]) == 2
+            assert evaluate_script.main(["--localizer.index.use_gpu", "true"]) == 2
         assert "use_gpu" in caplog.text
 
 
@@ -229,7 +221,7 @@ def test_localizer_with_a_faiss_gpu_index_equals_cpu(tmp_path):
         index = IndexConfig(kind=kind, nlist=8, nprobe=8)
         cpu = localize_queries(Localizer(fused, LocalizerConfig(min_inliers=10, index=index), fusion), toy.queries, cache,
                                progress=False)
-        gpu_localizer = Localizer(fused, LocalizerConfig(min_inliers=10, index=index, use_gpu=True), fusion)
+        gpu_localizer = Localizer(fused, LocalizerConfig(min_inliers=10, index=replace(index, use_gpu=True)), fusion)
         assert gpu_localizer.index.on_gpu
         gpu = localize_queries(gpu_localizer, toy.queries, cache, progress=False)
         for name in toy.queries.names:
@@ -240,7 +232,7 @@ def test_localizer_with_a_faiss_gpu_index_equals_cpu(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_fast_dev_run_on_gpu_goes_through_the_validation_callback(tmp_path):
-    dm = FuseLocDataModule(dataset=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
+    dm = FuseLocDataModule(reader=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
                            global_features=Vlad(num_clusters=4), output_dir=tmp_path, holdout_every=3,
                            confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=2))
     model = FuseLocModule(StrictLearnedFusion(dm.local_dim, dm.global_dim))
@@ -257,8 +249,8 @@ def test_train_cli_fast_dev_run_on_gpu(tmp_path):
     config = tmp_path / "gpu.yaml"
     config.write_text(f"""
 data:
-  dataset: {{class_path: tiny_scene.ToyReader, init_args: {{root: {out / 'toy' / 'cache'}}}}}
-  local_features: {{class_path: tiny_scene.ToyExtractor}}
+  reader: {{class_path: fixtures.toy_training.ToyReader, init_args: {{root: {out / 'toy' / 'cache'}}}}}
+  local_features: {{class_path: fixtures.toy_training.ToyExtractor}}
   global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
   output_dir: {out}
   holdout_every: 2
@@ -275,11 +267,12 @@ data:
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_evaluate_with_the_fusion_on_cuda_equals_cpu(tmp_path):
-    evaluate_script = _evaluate_script()
-    kwargs = {"local_features": ToyExtractor(), "global_features": Vlad(num_clusters=4), "lambdas": [0.5],
-              "progress": False, "index": IndexConfig(use_gpu=gpu_available())}
-    runs = {device: evaluate_script.evaluate(data=ToyReader(tmp_path / device / "toy" / "cache"),
-                                             output_dir=tmp_path / device, device=device, **kwargs)
+    evaluate_script = load_script("evaluate")
+    localizer = LocalizerConfig(index=IndexConfig(use_gpu=gpu_available()))
+    runs = {device: evaluate_script.evaluate(
+                data=DataConfig(reader=ToyReader(tmp_path / device / "toy" / "cache"), local_features=ToyExtractor(),
+                                global_features=Vlad(num_clusters=4), output_dir=tmp_path / device),
+                lambdas=[0.5], localizer=localizer, progress=False, device=device)
             for device in ("cpu", "cuda")}
     cpu, cuda = runs["cpu"], runs["cuda"]
     assert cuda[0].summary["all"] == cpu[0].summary["all"]

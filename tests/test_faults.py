@@ -1,12 +1,11 @@
 """Fault injection: every bad input ends in one clear line naming the file (and line), exit code 2, and leaves
 nothing a later run would trust; a query that cannot be localized is reported as failed and the run goes on.
 
-Runs evaluate.py's ``main`` in-process on copies of the tiny rendered dataset (:mod:`tests.tiny_dataset`).
+Runs evaluate.py's ``main`` in-process on copies of the tiny rendered dataset (:mod:`fixtures.tiny`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -20,7 +19,8 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from tiny_dataset import make_tiny_dataset
+from fixtures.scripts import load_script
+from fixtures.tiny import make_tiny_dataset
 
 from fuseloc.data.feature_cache import FeatureCache, write_local
 from fuseloc.data.scene import Scene
@@ -33,15 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 METHOD = "fused-lam0.5"
 FEATS = "feats-rootsift-n2048-r1024-c0.02.h5"
 
-_spec = importlib.util.spec_from_file_location("evaluate_cli", REPO / "evaluate.py")
-evaluate_cli = importlib.util.module_from_spec(_spec)
-sys.modules["evaluate_cli"] = evaluate_cli  # jsonargparse resolves the signature's type hints through it
-_spec.loader.exec_module(evaluate_cli)
+evaluate_cli = load_script("evaluate")
 
 
 def data_args(root: Path, out: Path) -> list[str]:
-    return ["--data", "fuseloc.data.readers.generic.GenericDataset", "--data.root", str(root), "--output_dir", str(out),
-            "--progress", "false", "--lambdas", "[0.5]"]
+    return ["--data.reader", "fuseloc.data.readers.generic.GenericReader", "--data.reader.root", str(root),
+            "--data.output_dir", str(out), "--progress", "false", "--lambdas", "[0.5]"]
 
 
 def run_main(args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, list[str]]:
@@ -136,16 +133,22 @@ def test_bad_input_in_a_subprocess_is_one_stderr_line_without_traceback(data: Pa
 
 # Every case but the missing root names a dataset that fails at once ("{nodata}"): an error that slipped through
 # parsing must fail this test quickly, not start a long default run.
-NODATA = ["--data", "fuseloc.data.readers.generic.GenericDataset", "--data.root", "{nodata}"]
+NODATA = ["--data.reader", "fuseloc.data.readers.generic.GenericReader", "--data.reader.root", "{nodata}"]
 CONFIG_ERRORS = {
-    "unknown key in a config file": ("data:\n  class_path: fuseloc.data.readers.generic.GenericDataset\n  init_args:\n"
-                                     "    root: {nodata}\n    bogus: 1\n", [], r"Option 'bogus' is not accepted"),
-    "unknown top-level key": ("min_inliers: 12\nmin_inlier: 3\n", NODATA, r"min_inlier"),
-    "wrong type": (None, [*NODATA, "--min_inliers", "many"], r'Parser key "min_inliers": Expected a <class \'int\'>\. Got value: many'),
+    "unknown key in a config file": ("data:\n  reader:\n    class_path: fuseloc.data.readers.generic.GenericReader\n"
+                                     "    init_args:\n      root: {nodata}\n      bogus: 1\n", [],
+                                     r"Option 'bogus' is not accepted"),
+    "unknown top-level key": ("lambdas: [0.5]\nlambda: 3\n", NODATA, r"lambda"),
+    "unknown nested key": ("localizer:\n  min_inliers: 12\n  min_inlier: 3\n", NODATA, r"min_inlier"),
+    "a flat key of before the data and localizer sections": (None, [*NODATA, "--ransac_max_error", "8"],
+                                                             r"unrecognized arguments: --ransac_max_error 8"),
+    "wrong type": (None, [*NODATA, "--localizer.min_inliers", "many"],
+                   r'Parser key "localizer.min_inliers": Expected a <class \'int\'>\. Got value: many'),
     "value outside a choice": (None, [*NODATA, "--reduction", "pcaa"], r'Parser key "reduction"'),
     "unknown option": (None, [*NODATA, "--bogus", "3"], r"unrecognized arguments: --bogus 3"),
-    "abbreviated option": (None, [*NODATA, "--min_inlier", "3"], r"unrecognized arguments: --min_inlier 3"),
-    "missing required argument": (None, ["--data", "fuseloc.data.readers.generic.GenericDataset"], r"root"),
+    "abbreviated option": (None, [*NODATA, "--localizer.min_inlier", "3"],
+                           r"unrecognized arguments: --localizer.min_inlier 3"),
+    "missing required argument": (None, ["--data.reader", "fuseloc.data.readers.generic.GenericReader"], r"root"),
     "missing config file": (None, [*NODATA, "--config", "/nonexistent/eval.yaml"], r"/nonexistent/eval\.yaml"),
 }
 
@@ -158,7 +161,7 @@ def test_bad_configuration_is_one_clean_error_line(fault: str, tmp_path: Path, c
     if yaml_text is not None:
         (tmp_path / "bad.yaml").write_text(yaml_text.replace("{nodata}", nodata))
         args = [*args, "--config", str(tmp_path / "bad.yaml")]
-    assert evaluate_cli.main([*args, "--output_dir", str(tmp_path / "out")]) == 2
+    assert evaluate_cli.main([*args, "--data.output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err, err
     assert err.startswith("error: invalid configuration: ") and re.search(expected, err), err
@@ -261,14 +264,15 @@ def test_changed_configuration_never_reuses_a_cache_or_prediction(finished: Path
     out = Path(shutil.copytree(finished, tmp_path / "out"))
     cache_dir = out / "custom" / "cache"
     before = {p.name for p in cache_dir.iterdir()}
-    args = [*data_args(pristine, out), "--global_features", "fuseloc.data.extractors.Vlad", "--global_features.seed", "1"]
+    args = [*data_args(pristine, out), "--data.global_features", "fuseloc.data.extractors.Vlad",
+            "--data.global_features.seed", "1"]
     code, errors = run_main(args, caplog)
     assert code == 0 and not errors
     new = {p.name for p in cache_dir.iterdir()} - before
     # another VLAD vocabulary: its own global cache and its own map; local features and triangulation reused
     assert sorted(n.split("-")[0] for n in new) == ["global", "map"], new
     assert "configuration changed since the last run; discarding its predictions" in caplog.text
-    code, errors = run_main([*args, "--min_inliers", "30"], caplog)
+    code, errors = run_main([*args, "--localizer.min_inliers", "30"], caplog)
     assert code == 0 and not errors
     assert "configuration changed since the last run; discarding its predictions" in caplog.text
     assert {p.name for p in cache_dir.iterdir()} - before == new  # nothing rebuilt for a query-time setting
@@ -280,8 +284,8 @@ def test_missing_weight_file_of_a_configured_extractor_is_one_line_naming_it(tmp
     # The extractor is built while the configuration is instantiated; its error must not become jsonargparse's
     # multi-line union report.
     monkeypatch.setattr("torch.hub.get_dir", lambda: str(tmp_path / "torch" / "hub"))
-    code, errors = run_main(["--local_features", "fuseloc.data.extractors.D2Net", "--output_dir", str(tmp_path / "out")],
-                            caplog)
+    code, errors = run_main(["--data.local_features", "fuseloc.data.extractors.D2Net",
+                             "--data.output_dir", str(tmp_path / "out")], caplog)
     assert code == 2 and len(errors) == 1, errors
     assert "d2_tf.pth" in errors[0] and str(tmp_path / "torch") in errors[0] and "\n" not in errors[0]
     assert "Traceback" not in capsys.readouterr().err

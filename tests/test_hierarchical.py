@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from toy_scene import make_toy_scene
+from fixtures.toy import make_toy_scene
 
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.prepare import PreparedFeatures
@@ -62,8 +62,8 @@ def test_lifting_by_radius_equals_lifting_by_keypoint_index(toy):
     first = slice(by_index.offsets[0], by_index.offsets[1])
     obs = toy.scene.obs_image == 0
     np.testing.assert_array_equal(by_index.keypoint_point[first][toy.scene.obs_keypoint[obs]], toy.scene.obs_point[obs])
-    arrays = [by_index.keypoints, by_index.descriptors, by_index.offsets, by_index.keypoint_point, by_index.xyz,
-              by_index.db_global, by_index.db_R, by_index.db_t]
+    arrays = [by_index.keypoints, by_index.descriptors, by_index.offsets, by_index.keypoint_point, by_index.points_xyz,
+              by_index.db_global, by_index.db_R_cam_from_world, by_index.db_t_cam_from_world]
     assert by_index.nbytes() == sum(a.nbytes for a in arrays)
     assert by_index.descriptors.dtype == np.float16
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from toy_scene import make_toy_scene
+from fixtures.toy import make_toy_scene
 
 from fuseloc.data.extract import extract_global_features
 from fuseloc.data.extractors import Sift, Vlad

@@ -5,9 +5,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fuseloc"
-ORDER = ["types", "errors", "io", "data", "models", "localize", "eval", "callbacks"]
-# types/errors/io are foundations every layer may use.
-FOUNDATION = {"types", "errors", "io"}
+ORDER = ["types", "errors", "io", "cachekeys", "data", "models", "localize", "eval", "callbacks"]
+# types/errors/io/cachekeys are foundations every layer may use.
+FOUNDATION = {"types", "errors", "io", "cachekeys"}
 # Within data, features flow one way as well: the h5 cache knows no extractor, the extractors know neither the
 # cache nor the extraction runs, and the runs drive both: the data modules each may import. Other data modules
 # (prepare, datamodule...) are not restricted.

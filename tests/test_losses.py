@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from fixtures.toy import make_toy_scene
 from pytorch_metric_learning import losses, miners
-from toy_scene import make_toy_scene
 
 from fuseloc.data.correspondences import (
     BATCH_KEYS,

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from toy_scene import make_toy_scene
+from fixtures.toy import make_toy_scene
 
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.readers.base import BenchmarkSpec
@@ -53,7 +53,7 @@ def test_map_descriptor_is_mean_of_fused_observations(tmp_path):
             local = torch.from_numpy(cache.local(name).descriptors[kp][None])
             glob = torch.from_numpy(cache.global_descriptor(name)[None])
             expected.append(fusion(local, glob)[0].numpy())
-    row = int(np.flatnonzero(np.all(fused.xyz == toy.scene.points_xyz[point], axis=1))[0])
+    row = int(np.flatnonzero(np.all(fused.points_xyz == toy.scene.points_xyz[point], axis=1))[0])
     np.testing.assert_allclose(fused.descriptors[row].astype(np.float32), np.mean(expected, 0), atol=2e-3)
 
 
@@ -109,4 +109,4 @@ def test_map_fused_from_training_correspondences_equals_the_map_read_from_the_ca
     reused = build_fused_map(toy.scene, cache, fusion, association=association, feature_tag="toy", progress=False,
                              observations=corr.iter_images())
     np.testing.assert_array_equal(reused.descriptors, read.descriptors)
-    np.testing.assert_array_equal(reused.xyz, read.xyz)
+    np.testing.assert_array_equal(reused.points_xyz, read.points_xyz)

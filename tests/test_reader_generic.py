@@ -2,7 +2,7 @@ import numpy as np
 import pycolmap
 import pytest
 
-from fuseloc.data.readers.generic import GenericDataset, read_pose_list, read_query_list
+from fuseloc.data.readers.generic import GenericReader, read_pose_list, read_query_list
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 
@@ -50,7 +50,7 @@ def _layout(tmp_path):
 
 def test_generic_layout(tmp_path):
     _layout(tmp_path)
-    data = GenericDataset(tmp_path).load()
+    data = GenericReader(tmp_path).load()
     assert data.queries.names == ["q/a.png"]
     assert data.queries.conditions == ["night"]
     np.testing.assert_allclose(data.queries.gt_poses[0].t, [0.5, 0, 0])
@@ -60,7 +60,7 @@ def test_missing_query_image_names_list_and_line(tmp_path):
     _layout(tmp_path)
     (tmp_path / "queries_with_intrinsics.txt").write_text("# c\n\nq/a.png PINHOLE 64 48 50 50 32 24\nq/b.png PINHOLE 64 48 50 50 32 24\n")
     with pytest.raises(InputError, match=r"queries_with_intrinsics.txt:4: query image 'q/b.png' not found"):
-        GenericDataset(tmp_path).load()
+        GenericReader(tmp_path).load()
 
 
 @pytest.mark.parametrize("line, message", [

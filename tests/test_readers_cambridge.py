@@ -8,10 +8,9 @@ import logging
 
 import numpy as np
 import pytest
-from dataset_fixtures import make_cambridge
-from readers_e2e import run_and_check_submission
+from fixtures.datasets import make_cambridge, run_and_check_submission
 
-from fuseloc.data.readers.cambridge import CambridgeLandmarks, pose_to_dataset_line, read_dataset_poses
+from fuseloc.data.readers.cambridge import CambridgeReader, pose_to_dataset_line, read_dataset_poses
 from fuseloc.errors import InputError
 from fuseloc.types import Pose
 
@@ -23,14 +22,14 @@ def cambridge(tmp_path_factory):
 
 @pytest.mark.slow  # evaluate.py end to end: SIFT, VLAD, map, PnP (several seconds)
 def test_cambridge_end_to_end_reports_medians(cambridge, tmp_path, capsys):
-    run_and_check_submission(CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"]), cambridge, tmp_path)
+    run_and_check_submission(CambridgeReader(cambridge.root, scenes=["ShopFacade"]), cambridge, tmp_path)
     summary = json.loads((tmp_path / "cambridge" / "ShopFacade" / "local-only" / "summary.json").read_text())
     assert summary["metrics"]["ShopFacade"]["median_t_m"] < 0.05
     assert "med t (cm)" in capsys.readouterr().out
 
 
 def test_cambridge_scales_1024px_model_to_image_resolution(cambridge):
-    data = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"]).load()
+    data = CambridgeReader(cambridge.root, scenes=["ShopFacade"]).load()
     assert data.spec.report == "median" and data.part == "ShopFacade"
     # Its only posed queries are the test images: no validation set (training holds out database images).
     assert data.validation is None
@@ -48,9 +47,9 @@ def test_cambridge_scales_1024px_model_to_image_resolution(cambridge):
 
 
 def test_cambridge_original_poses_and_nvm_map_agree_with_colmap(cambridge):
-    colmap = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"]).load()
-    original = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"], ground_truth="original").load()
-    nvm = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"], map_source="nvm").load()
+    colmap = CambridgeReader(cambridge.root, scenes=["ShopFacade"]).load()
+    original = CambridgeReader(cambridge.root, scenes=["ShopFacade"], ground_truth="original").load()
+    nvm = CambridgeReader(cambridge.root, scenes=["ShopFacade"], map_source="nvm").load()
     for a, b, c in zip(colmap.queries.gt_poses, original.queries.gt_poses, nvm.queries.gt_poses):
         np.testing.assert_allclose(a.t, b.t, atol=1e-9)
         np.testing.assert_allclose(a.R, c.R, atol=1e-9)
@@ -87,7 +86,7 @@ def test_cambridge_malformed_lines_name_file_and_line(cambridge, tmp_path, file,
     shutil.copytree(cambridge.root, root)
     (root / file).write_text(content)
     with pytest.raises(InputError, match=f"{file.split('/')[-1]}:{line}: .*{message}"):
-        CambridgeLandmarks(root, scenes=["ShopFacade"], ground_truth="original").load()
+        CambridgeReader(root, scenes=["ShopFacade"], ground_truth="original").load()
 
 
 def test_cambridge_accepts_linux_query_list_name_UNSURE(cambridge, tmp_path):
@@ -97,17 +96,17 @@ def test_cambridge_accepts_linux_query_list_name_UNSURE(cambridge, tmp_path):
     shutil.copytree(cambridge.root, root)
     hloc = root / "CambridgeLandmarks_Colmap_Retriangulated_1024px" / "ShopFacade"
     (hloc / "list_query.txt").rename(hloc / "list_query_linux.txt")
-    assert len(CambridgeLandmarks(root, scenes=["ShopFacade"]).load().queries) == 2
+    assert len(CambridgeReader(root, scenes=["ShopFacade"]).load().queries) == 2
 
 
 def test_cambridge_nvm_is_read_as_centre_relative_and_override_obeyed(cambridge, caplog):
     with caplog.at_level(logging.INFO, logger="fuseloc.data.readers.nvm"):
-        auto = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"], map_source="nvm").load()
+        auto = CambridgeReader(cambridge.root, scenes=["ShopFacade"], map_source="nvm").load()
     assert any("reconstruction.nvm: measurements are centre-relative pixels" in r.getMessage() for r in caplog.records)
     assert auto.validation is None
     # Observations are where the known poses project the points (principal point at the image centre).
     pose, obs = auto.scene.pose(0), auto.scene.obs_image == 0
     p = pose.transform(auto.scene.points_xyz[auto.scene.obs_point[obs]])
     np.testing.assert_allclose(p[:, :2] / p[:, 2:] * 562.5 + [480.0, 270.0], auto.scene.obs_xy[obs], atol=1e-2)
-    forced = CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"], map_source="nvm", measurements="absolute").load()
+    forced = CambridgeReader(cambridge.root, scenes=["ShopFacade"], map_source="nvm", measurements="absolute").load()
     np.testing.assert_allclose(forced.scene.obs_xy, auto.scene.obs_xy - [480.0, 270.0], atol=1e-3)

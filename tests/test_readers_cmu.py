@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dataset_fixtures import make_cmu
-from readers_e2e import run_and_check_submission
+from fixtures.datasets import make_cmu, run_and_check_submission
 
-from fuseloc.data.readers.cmu import ExtendedCMUSeasons, environment
+from fuseloc.data.readers.cmu import CMUReader, environment
 from fuseloc.data.readers.generic import read_pose_list
 from fuseloc.errors import InputError
 from fuseloc.types import Pose
@@ -20,13 +19,13 @@ def cmu(tmp_path_factory):
 
 @pytest.mark.slow  # evaluate.py end to end: SIFT, VLAD, map, PnP (several seconds)
 def test_cmu_two_slices_merge_into_one_submission_with_basenames(cmu, tmp_path):
-    submission = run_and_check_submission(ExtendedCMUSeasons(cmu.root, slices=[2, 3]), cmu, tmp_path)
+    submission = run_and_check_submission(CMUReader(cmu.root, slices=[2, 3]), cmu, tmp_path)
     assert len(submission) == 4 and all(name.startswith("img_") and "/" not in name for name in submission)
     assert (tmp_path / "cmu_extended" / "slice2" / "local-only" / "submission.txt").is_file()
 
 
 def test_cmu_slice_parts_cameras_and_database_poses(cmu):
-    reader = ExtendedCMUSeasons(cmu.root, slices=[2, 3])
+    reader = CMUReader(cmu.root, slices=[2, 3])
     with pytest.raises(InputError, match="load_parts"):
         reader.load()
     parts = reader.load_parts()
@@ -41,15 +40,15 @@ def test_cmu_slice_parts_cameras_and_database_poses(cmu):
         truth = gt[name.removeprefix("database/")]
         np.testing.assert_allclose(data.scene.R_cam_from_world[k], truth.R, atol=1e-9)
         np.testing.assert_allclose(data.scene.t_cam_from_world[k], truth.t, atol=1e-9)
-    assert ExtendedCMUSeasons().slices == [2, 3, 4, 5, 6, 13, 14, 15, 16, 17, 18, 19, 20, 21]
+    assert CMUReader().slices == [2, 3, 4, 5, 6, 13, 14, 15, 16, 17, 18, 19, 20, 21]
     assert [environment(n) for n in (2, 13, 21)] == ["urban", "suburban", "park"]
 
 
 def test_cmu_training_slice_camera_poses_skip_empty_files(cmu):
-    data = ExtendedCMUSeasons(cmu.root, slices=[7], queries="train", check_images=False)
+    data = CMUReader(cmu.root, slices=[7], queries="train", check_images=False)
     with pytest.raises(InputError, match="sparse|ground-truth-database"):
         data.load()  # slice 7 of the fixture has only camera-poses
-    reader = ExtendedCMUSeasons(cmu.root, slices=[7], queries="train", check_images=False)
+    reader = CMUReader(cmu.root, slices=[7], queries="train", check_images=False)
     validation = reader._camera_poses(cmu.root / "slice7", {"c1": object()}, "urban")
     (name, truth), = cmu.extra["train"].items()
     assert validation.names == [name]
@@ -82,7 +81,7 @@ def test_cmu_malformed_lines_name_file_and_line(cmu, tmp_path, file, content, li
     shutil.copytree(cmu.root, root)
     (root / file).write_text(content)
     with pytest.raises(InputError, match=f"{file.split('/')[-1]}:{line}: .*{message}"):
-        ExtendedCMUSeasons(root, slices=[2]).load()
+        CMUReader(root, slices=[2]).load()
 
 
 def test_cmu_without_sparse_model_uses_ground_truth_poses_and_bad_line_is_located(cmu, tmp_path):
@@ -91,9 +90,9 @@ def test_cmu_without_sparse_model_uses_ground_truth_poses_and_bad_line_is_locate
     root = tmp_path / "copy"
     shutil.copytree(cmu.root, root)
     shutil.rmtree(root / "slice2" / "sparse")
-    data = ExtendedCMUSeasons(root, slices=[2]).load()
+    data = CMUReader(root, slices=[2]).load()
     assert data.scene.num_points == 0 and data.scene.num_images == 2
     gt = root / "slice2" / "ground-truth-database-images-slice2.txt"
     gt.write_text(gt.read_text() + "img_00299_c0_1us.jpg 1 0 0\n")
     with pytest.raises(InputError, match=r"ground-truth-database-images-slice2.txt:3: "):
-        ExtendedCMUSeasons(root, slices=[2]).load()
+        CMUReader(root, slices=[2]).load()

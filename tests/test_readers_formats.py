@@ -125,7 +125,7 @@ def test_nvm_pose_round_trip_and_submission_line(tmp_path):
                      [[(0, 3, -1.5, 2.0), (2, 0, 10.0, -20.0)], [(1, 1, 0.0, 0.0)]])
     model = read_nvm(path)
     assert model.names[0] == "./a/rear/1.png"
-    R, t = model.rotations(), model.translations()
+    R, t = model.R_cam_from_world(), model.t_cam_from_world()
     for k, pose in enumerate(poses):
         np.testing.assert_allclose(R[k], pose.R, atol=1e-12)
         np.testing.assert_allclose(t[k], pose.t, atol=1e-12)
@@ -135,7 +135,7 @@ def test_nvm_pose_round_trip_and_submission_line(tmp_path):
         np.testing.assert_allclose(back.R, pose.R, atol=1e-8)
         np.testing.assert_allclose(back.t, pose.t, atol=1e-8)
     assert model.obs_point.tolist() == [0, 0, 1] and model.obs_image.tolist() == [0, 2, 1]
-    assert model.obs_feature.tolist() == [3, 0, 1]
+    assert model.obs_keypoint.tolist() == [3, 0, 1]
     cams = [Camera("PINHOLE", 100, 80, (1, 1, 50, 40))] * 3
     # Three arbitrary measurements cannot tell the conventions apart: the override decides.
     with pytest.raises(InputError, match=r"m.nvm: cannot tell .*only \d of 3 sampled measurements"):
@@ -158,7 +158,7 @@ def test_nvm_projection_of_points_matches_measurements(tmp_path):
     cam_pts = pose.transform(xyz)
     meas = [[(0, i, *(f * cam_pts[i, :2] / cam_pts[i, 2]))] for i in range(2)]
     model = read_nvm(write_nvm(tmp_path / "m.nvm", ["x.jpg"], [f], [pose.qvec], [pose.center], xyz, meas))
-    proj = model.translations()[0] + xyz @ model.rotations()[0].T
+    proj = model.t_cam_from_world()[0] + xyz @ model.R_cam_from_world()[0].T
     np.testing.assert_allclose(f * proj[:, :2] / proj[:, 2:], model.obs_xy, atol=1e-3)
 
 
@@ -236,7 +236,7 @@ def test_nvm_measurements_fitting_neither_convention_are_rejected(tmp_path):
     # Shift every measurement by a quarter of the image: a quarter-diagonal off under either reading.
     model = read_nvm(path)
     shifted = [[(int(i), int(j), float(x) + 160.0, float(y) + 120.0)] for i, j, (x, y) in
-               zip(model.obs_image, model.obs_feature, model.obs_xy)]
+               zip(model.obs_image, model.obs_keypoint, model.obs_xy)]
     write_nvm(path, model.names, model.focals, model.qvecs, model.centers, model.points_xyz[model.obs_point], shifted)
     with pytest.raises(InputError) as info:
         read_nvm(path).to_scene(model.names, size_cameras(640, 480))
@@ -296,7 +296,7 @@ def test_nvm_vectorised_parse_equals_line_by_line(tmp_path, monkeypatch, block_b
     monkeypatch.setattr(nvm, "BLOCK_BYTES", block_bytes)
     fast = read_nvm(path, method="vectorised")
     assert fast.names == reference.names and len(fast.points_xyz) == 60
-    for field in ("focals", "qvecs", "centers", "radial", "points_xyz", "obs_image", "obs_point", "obs_feature", "obs_xy"):
+    for field in ("focals", "qvecs", "centers", "radial", "points_xyz", "obs_image", "obs_point", "obs_keypoint", "obs_xy"):
         a, b = getattr(fast, field), getattr(reference, field)
         assert a.dtype == b.dtype, field
         np.testing.assert_array_equal(a, b, err_msg=field)
@@ -364,7 +364,7 @@ def test_nvm_crlf_and_tab_and_fixedk_header(tmp_path):
     path.write_bytes(b"NVM_V3 FixedK 500 320 500 240 0\r\n\r\n1\r\n./x/rear/1.png\t500 1 0 0 0 1 2 3 0 0\r\n\r\n0\r\n\r\n0\r\n")
     model = read_nvm(path)
     assert model.names == ["./x/rear/1.png"] and len(model.points_xyz) == 0
-    np.testing.assert_allclose(model.translations()[0], [-1, -2, -3])
+    np.testing.assert_allclose(model.t_cam_from_world()[0], [-1, -2, -3])
     # No measurements: nothing to decide, nothing to convert.
     assert len(model.to_scene(model.names, size_cameras(640, 480, 1)).obs_xy) == 0
 
@@ -373,7 +373,7 @@ def test_nvm_with_old_mac_line_ends_is_read(tmp_path):
     path = tmp_path / "cr.nvm"
     path.write_bytes(b"NVM_V3\r\r1\rx.jpg 500 1 0 0 0 1 2 3 0 0\r\r1\r0 0 5 1 1 1 1 0 7 1.5 2.5\r")
     model = read_nvm(path)
-    assert model.names == ["x.jpg"] and model.obs_feature.tolist() == [7] and model.obs_xy.tolist() == [[1.5, 2.5]]
+    assert model.names == ["x.jpg"] and model.obs_keypoint.tolist() == [7] and model.obs_xy.tolist() == [[1.5, 2.5]]
 
 
 # ------------------------------------------------------------------------------------ validation vs test queries
@@ -381,15 +381,15 @@ def test_nvm_with_old_mac_line_ends_is_read(tmp_path):
 
 def _reader_cases(root):  # noqa: ANN001, ANN202
     """(label, reader) for every benchmark reader on its fixture, in each query mode that has validation."""
-    from dataset_fixtures import make_aachen, make_cambridge, make_cmu, make_robotcar
-    from tiny_dataset import make_tiny_dataset
+    from fixtures.datasets import make_aachen, make_cambridge, make_cmu, make_robotcar
+    from fixtures.tiny import make_tiny_dataset
 
-    from fuseloc.data.readers.aachen import AachenDayNight
-    from fuseloc.data.readers.cambridge import CambridgeLandmarks
-    from fuseloc.data.readers.cmu import ExtendedCMUSeasons
-    from fuseloc.data.readers.generic import GenericDataset
-    from fuseloc.data.readers.posed_images import PosedImagesDataset
-    from fuseloc.data.readers.robotcar import RobotCarSeasons
+    from fuseloc.data.readers.aachen import AachenReader
+    from fuseloc.data.readers.cambridge import CambridgeReader
+    from fuseloc.data.readers.cmu import CMUReader
+    from fuseloc.data.readers.generic import GenericReader
+    from fuseloc.data.readers.posed_images import PosedImagesReader
+    from fuseloc.data.readers.robotcar import RobotCarReader
 
     aachen, robotcar, cambridge = make_aachen(root / "aachen"), make_robotcar(root / "robotcar"), make_cambridge(root / "cam")
     cmu = make_cmu(root / "cmu", slices=(2,))
@@ -401,16 +401,16 @@ def _reader_cases(root):  # noqa: ANN001, ANN202
         for n, p in cmu.query_poses.items()))
     tiny = make_tiny_dataset(root / "tiny").root
     return [
-        ("aachen", AachenDayNight(aachen.root)),
-        ("robotcar test", RobotCarSeasons(robotcar.root, image_size=(256, 256))),
-        ("robotcar train", RobotCarSeasons(robotcar.root, image_size=(256, 256), queries="train")),
-        ("cmu test", ExtendedCMUSeasons(cmu.root, slices=[2])),
-        ("cmu train", ExtendedCMUSeasons(cmu.root, slices=[2], queries="train")),
-        ("cambridge colmap", CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"])),
-        ("cambridge nvm", CambridgeLandmarks(cambridge.root, scenes=["ShopFacade"], map_source="nvm",
+        ("aachen", AachenReader(aachen.root)),
+        ("robotcar test", RobotCarReader(robotcar.root, image_size=(256, 256))),
+        ("robotcar train", RobotCarReader(robotcar.root, image_size=(256, 256), queries="train")),
+        ("cmu test", CMUReader(cmu.root, slices=[2])),
+        ("cmu train", CMUReader(cmu.root, slices=[2], queries="train")),
+        ("cambridge colmap", CambridgeReader(cambridge.root, scenes=["ShopFacade"])),
+        ("cambridge nvm", CambridgeReader(cambridge.root, scenes=["ShopFacade"], map_source="nvm",
                                              ground_truth="original")),
-        ("generic", GenericDataset(tiny)),
-        ("posed images", PosedImagesDataset(tiny, model="sparse")),
+        ("generic", GenericReader(tiny)),
+        ("posed images", PosedImagesReader(tiny, model="sparse")),
     ]
 
 

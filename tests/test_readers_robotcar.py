@@ -7,11 +7,10 @@ import shutil
 
 import numpy as np
 import pytest
-from dataset_fixtures import make_robotcar
-from readers_e2e import run_and_check_submission
+from fixtures.datasets import make_robotcar, run_and_check_submission
 
 from fuseloc.data.readers.nvm import read_nvm
-from fuseloc.data.readers.robotcar import RobotCarSeasons, camera_to_world_to_pose, pose_to_camera_to_world
+from fuseloc.data.readers.robotcar import RobotCarReader, camera_to_world_to_pose, pose_to_camera_to_world
 from fuseloc.data.writers import write_nvm
 from fuseloc.errors import InputError
 from fuseloc.types import Pose
@@ -22,8 +21,8 @@ def robotcar(tmp_path_factory):
     return make_robotcar(tmp_path_factory.mktemp("robotcar"))
 
 
-def reader(root, **kwargs) -> RobotCarSeasons:
-    return RobotCarSeasons(root, image_size=(256, 256), **kwargs)
+def reader(root, **kwargs) -> RobotCarReader:
+    return RobotCarReader(root, image_size=(256, 256), **kwargs)
 
 
 @pytest.mark.slow  # evaluate.py end to end: SIFT, VLAD, map, PnP (several seconds)
@@ -103,7 +102,7 @@ def rewrite_measurements(path, shift) -> None:  # noqa: ANN001
     """Rewrite an NVM file with every measurement moved by ``shift`` pixels."""
     model = read_nvm(path)
     tracks = [[] for _ in model.points_xyz]
-    for img, point, feat, (x, y) in zip(model.obs_image, model.obs_point, model.obs_feature, model.obs_xy.astype(float)):
+    for img, point, feat, (x, y) in zip(model.obs_image, model.obs_point, model.obs_keypoint, model.obs_xy.astype(float)):
         tracks[point].append((int(img), int(feat), x + shift[0], y + shift[1]))
     write_nvm(path, model.names, model.focals, model.qvecs, model.centers, model.points_xyz, tracks)
 

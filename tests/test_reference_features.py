@@ -6,26 +6,17 @@ benchmarks/check_reference_features.py). One image (about 40 s on 2 CPU cores); 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 WEIGHTS = SHARED / "weights" / "r2d2_WASF_N16.pt"
 REFERENCE = SHARED / "reference" / "r2d2_official_multiscale.h5"
 IMAGES = SHARED / "data" / "strecha" / "fountain-P11" / "images"
-
-
-def _check_module():  # noqa: ANN202 (module)
-    spec = importlib.util.spec_from_file_location("check_reference_features", ROOT / "benchmarks" / "check_reference_features.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_reference_features"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def shared_files() -> None:
 
 @pytest.mark.slow
 def test_r2d2_matches_the_official_multiscale_extraction(shared_files):
-    check = _check_module()
+    check = load_script("benchmarks/check_reference_features")
     (result,) = check.run_check(WEIGHTS, REFERENCE, IMAGES, names=["0000.jpg"])
     assert result.num_reference == 5000 and result.num_fuseloc == 5000
     agreement, cosine = check.summary([result])
@@ -50,7 +41,7 @@ def test_r2d2_matches_the_official_multiscale_extraction(shared_files):
 
 
 def test_reference_settings_parse_the_source_attribute():
-    check = _check_module()
+    check = load_script("benchmarks/check_reference_features")
     attrs = {"source": "official extract.py, scale_f=2**0.25, min_size=256, max_size=1024, min_scale=0, "
                        "max_scale=1, rel_thr=0.7, rep_thr=0.7, top_k=5000 by score"}
     settings = check.reference_settings(attrs)
@@ -59,7 +50,7 @@ def test_reference_settings_parse_the_source_attribute():
 
 
 def test_reference_keypoints_move_to_level_pixel_centres():
-    check = _check_module()
+    check = load_script("benchmarks/check_reference_features")
 
     class _Levels:  # the pyramid of a 683 x 1024 image with the release's settings
         def levels(self, height, width):

@@ -1,6 +1,6 @@
 """Interruption and resumption: evaluate.py killed (SIGKILL) mid-run and rerun gives exactly the uninterrupted result.
 
-Runs ``python evaluate.py`` in subprocesses on the tiny rendered dataset of :mod:`tests.tiny_dataset`.
+Runs ``python evaluate.py`` in subprocesses on the tiny rendered dataset of :mod:`fixtures.tiny`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from tiny_dataset import make_tiny_dataset
+from fixtures.tiny import make_tiny_dataset
 
 from fuseloc.data.extract import extract_local_features
 from fuseloc.data.extractors import Sift
@@ -28,8 +28,9 @@ METHOD = "fused-lam0.5"
 
 
 def evaluate_cmd(data_root: Path, output_dir: Path, script: str = "evaluate.py") -> list[str]:
-    return [sys.executable, str(REPO / script), "--data", "fuseloc.data.readers.generic.GenericDataset",
-            "--data.root", str(data_root), "--output_dir", str(output_dir), "--progress", "false", "--lambdas", "[0.5]"]
+    return [sys.executable, str(REPO / script), "--data.reader", "fuseloc.data.readers.generic.GenericReader",
+            "--data.reader.root", str(data_root), "--data.output_dir", str(output_dir), "--progress", "false",
+            "--lambdas", "[0.5]"]
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -107,7 +108,7 @@ def test_run_killed_twice_then_finished_gives_exactly_the_uninterrupted_result(r
     assert not (out / "custom" / METHOD).exists()
 
     # 2. Resumes the extraction, then is killed between two queries.
-    stderr = kill_when(evaluate_cmd(root, out, script="tests/_slow_evaluate.py"), lambda: count_lines(log) >= 1,
+    stderr = kill_when(evaluate_cmd(root, out, script="tests/fixtures/slow_evaluate.py"), lambda: count_lines(log) >= 1,
                        tmp_path / "run2.log")
     assert "was left by an interrupted run: kept" in stderr
     done = count_lines(log)

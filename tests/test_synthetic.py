@@ -315,7 +315,7 @@ def test_embedded_town_validation_queries_are_a_second_rendering(tiny_town: Path
     from fuseloc.errors import InputError
 
     monkeypatch.setattr("fuseloc.data.town.TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
-    reader = town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=5)
+    reader = town_reader.TownReader(root=tiny_town, validation_query_seed=5)
     data = reader.load()
     val = data.validation
     assert val is not None and len(val) == len(data.queries) and val.has_ground_truth
@@ -324,9 +324,9 @@ def test_embedded_town_validation_queries_are_a_second_rendering(tiny_town: Path
     assert not set(val.names) & set(data.queries.names)
     assert all((Path(val.image_root) / n).is_file() for n in val.names)
     assert [p.t.tolist() for p in val.gt_poses] != [p.t.tolist() for p in data.queries.gt_poses]
-    assert town_reader.EmbeddedTown(root=tiny_town).load().validation is None
+    assert town_reader.TownReader(root=tiny_town).load().validation is None
     with pytest.raises(InputError, match="evaluation queries"):
-        town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=0).load()
+        town_reader.TownReader(root=tiny_town, validation_query_seed=0).load()
 
 
 def test_validation_queries_under_their_own_root_get_features(tiny_town: Path, tmp_path: Path,
@@ -337,7 +337,7 @@ def test_validation_queries_under_their_own_root_get_features(tiny_town: Path, t
     from fuseloc.data.readers.base import LocalizationData
 
     monkeypatch.setattr("fuseloc.data.town.TownConfig", lambda **kw: dataclasses.replace(TINY, **kw))
-    data = town_reader.EmbeddedTown(root=tiny_town, validation_query_seed=5).load()
+    data = town_reader.TownReader(root=tiny_town, validation_query_seed=5).load()
     local, vlad = Sift(max_keypoints=256), Vlad(num_clusters=4)
     evaluation = prepare_features(data, local, vlad, tmp_path, progress=False)
     validation = prepare_features(LocalizationData(data.scene, data.validation, data.spec, data.root), local, vlad,

@@ -3,35 +3,20 @@ LightningCLI, shares evaluate.py's caches, and its checkpoint evaluates with eva
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from tiny_global import MeanMax, MeanProjection
+from fixtures.scripts import load_script
+from fixtures.toy_training import MeanMax, MeanProjection
 
 from fuseloc.data.extractors import Vlad
 from fuseloc.data.prepare import global_descriptor_dim
 from fuseloc.errors import InputError
 from fuseloc.models.module import CHECKPOINT_KEY, load_fusion_from_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    module_name = f"fuseloc_{name}_script_global"
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, REPO / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    # jsonargparse resolves the (postponed) annotations of evaluate() through sys.modules.
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_global_dim_comes_from_the_extractor_not_a_vlad_formula():
@@ -51,8 +36,8 @@ def _global_descriptors(path: Path) -> dict[str, np.ndarray]:
 
 def _fit_args(out: Path, global_features: dict) -> list[str]:
     data = {
-        "dataset": {"class_path": "tiny_scene.ToyReader", "init_args": {"root": str(out / "toy" / "cache")}},
-        "local_features": {"class_path": "tiny_scene.ToyExtractor"},
+        "reader": {"class_path": "fixtures.toy_training.ToyReader", "init_args": {"root": str(out / "toy" / "cache")}},
+        "local_features": {"class_path": "fixtures.toy_training.ToyExtractor"},
         "global_features": global_features,
         "output_dir": str(out),
         "holdout_every": 2,
@@ -64,13 +49,13 @@ def _fit_args(out: Path, global_features: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("global_features,global_dim", [
-    ({"class_path": "tiny_global.MeanProjection", "init_args": {"out_dim": 24}}, 24),
-    ({"class_path": "tiny_global.MeanMax"}, 64),
+    ({"class_path": "fixtures.toy_training.MeanProjection", "init_args": {"out_dim": 24}}, 24),
+    ({"class_path": "fixtures.toy_training.MeanMax"}, 64),
 ])
 def test_non_vlad_global_extractor_trains_and_its_checkpoint_evaluates(tmp_path, monkeypatch, global_features, global_dim):
     monkeypatch.chdir(tmp_path)  # anything written relative to the working directory stays in tmp_path
     out = tmp_path / "out"
-    cli = _script("train").cli_main(_fit_args(out, global_features), run=False)
+    cli = load_script("train").cli_main(_fit_args(out, global_features), run=False)
     assert type(cli.datamodule.global_features).__name__ == global_features["class_path"].split(".")[-1]
     assert cli.model.fusion.global_dim == global_dim  # linked from the extractor by train.py
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -85,10 +70,11 @@ def test_non_vlad_global_extractor_trains_and_its_checkpoint_evaluates(tmp_path,
     assert len(global_files) == 1 and "vlad" not in global_files[0]
     before = _global_descriptors(cache / global_files[0])
     # evaluate.py, the same extractor by class_path: same cache file (not rewritten), and the checkpoint applies.
-    args = ["--data", json.dumps({"class_path": "tiny_scene.ToyReader", "init_args": {"root": str(cache)}}),
-            "--local_features", "tiny_scene.ToyExtractor", "--global_features", json.dumps(global_features),
-            "--lambdas", "[1.0]", "--checkpoint", str(checkpoint), "--output_dir", str(out), "--progress", "false"]
-    assert _script("evaluate").main(args) == 0
+    args = ["--data.reader", json.dumps({"class_path": "fixtures.toy_training.ToyReader", "init_args": {"root": str(cache)}}),
+            "--data.local_features", "fixtures.toy_training.ToyExtractor",
+            "--data.global_features", json.dumps(global_features), "--data.output_dir", str(out),
+            "--lambdas", "[1.0]", "--checkpoint", str(checkpoint), "--progress", "false"]
+    assert load_script("evaluate").main(args) == 0
     assert sorted(p.name for p in cache.glob("global-feats-*.h5")) == global_files
     after = _global_descriptors(cache / global_files[0])
     assert after.keys() == before.keys() and all((after[k] == before[k]).all() for k in before)
@@ -104,12 +90,12 @@ def test_a_cache_of_another_size_than_declared_is_a_clear_error(tmp_path, monkey
         def dim(self) -> int:
             return 7
 
-    from tiny_scene import ToyExtractor, ToyReader
+    from fixtures.toy_training import ToyExtractor, ToyReader
 
     from fuseloc.data.correspondences import BatchConfig
     from fuseloc.data.datamodule import FuseLocDataModule
 
-    dm = FuseLocDataModule(dataset=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
+    dm = FuseLocDataModule(reader=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
                            global_features=Liar(out_dim=24), output_dir=tmp_path, holdout_every=2,
                            batches=BatchConfig(points_per_batch=16, batches_per_epoch=2))
     assert dm.global_dim == 7

@@ -1,6 +1,5 @@
 """Training on a toy scene: fast_dev_run, checkpoint -> evaluate.py, and the CLI (single process and CPU DDP)."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,10 +9,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from tiny_scene import ToyExtractor, ToyReader
+from fixtures.scripts import load_script
+from fixtures.toy_training import ToyExtractor, ToyReader
 
 from fuseloc.callbacks.fusion_histograms import FusionHistograms
 from fuseloc.callbacks.localization_val import LocalizationValidation
+from fuseloc.data.config import DataConfig
 from fuseloc.data.correspondences import BatchConfig
 from fuseloc.data.datamodule import FuseLocDataModule
 from fuseloc.data.extractors import Vlad
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def toy_datamodule(out: Path, **kwargs) -> FuseLocDataModule:
-    return FuseLocDataModule(dataset=ToyReader(out / "toy" / "cache"), local_features=ToyExtractor(),
+    return FuseLocDataModule(reader=ToyReader(out / "toy" / "cache"), local_features=ToyExtractor(),
                              global_features=Vlad(num_clusters=4), output_dir=out, holdout_every=3,
                              confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=4), **kwargs)
 
@@ -64,12 +65,11 @@ def test_checkpoint_evaluates_next_to_fixed_fusions(tmp_path):
     validation = json.loads((Path(trainer.log_dir) / "validation" / "epoch_001.json").read_text())
     assert validation["metrics"]["val/toy/all/recall_0.25m_2deg"] == 100.0 and len(validation["queries"]) == 2
 
-    spec = importlib.util.spec_from_file_location("fuseloc_evaluate_script", REPO / "evaluate.py")
-    evaluate_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(evaluate_script)
-    outcomes = evaluate_script.evaluate(data=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
-                                        global_features=Vlad(num_clusters=4), lambdas=[1.0],
-                                        checkpoint=Path(checkpoint.best_model_path), output_dir=tmp_path, progress=False)
+    evaluate_script = load_script("evaluate")
+    data = DataConfig(reader=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
+                      global_features=Vlad(num_clusters=4), output_dir=tmp_path)
+    outcomes = evaluate_script.evaluate(data=data, lambdas=[1.0], checkpoint=Path(checkpoint.best_model_path),
+                                        progress=False)
     labels = [o.label for o in outcomes]
     assert labels == ["local-only", "learned"]
     learned = outcomes[-1]
@@ -98,10 +98,10 @@ trainer:
 model:
   lr: 0.0
 data:
-  dataset:
-    class_path: tiny_scene.ToyReader
+  reader:
+    class_path: fixtures.toy_training.ToyReader
     init_args: {{root: {out / 'toy' / 'cache'}}}
-  local_features: {{class_path: tiny_scene.ToyExtractor}}
+  local_features: {{class_path: fixtures.toy_training.ToyExtractor}}
   global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
   output_dir: {out}
   holdout_every: 2

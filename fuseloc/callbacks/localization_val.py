@@ -38,7 +38,7 @@ from fuseloc.io import write_json_atomic
 from fuseloc.localize.fused_map import build_fused_map
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, QueryMatches, localize_queries
 from fuseloc.localize.pose import estimate_absolute_pose
-from fuseloc.types import Camera, Pose, PoseResult
+from fuseloc.types import Camera, Pose, PoseResult, project
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +49,6 @@ class MatchStats:
 
     num_matches: int
     num_correct: int
-
-
-def project(camera: Camera, pose: Pose, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2) pixel projections (COLMAP convention, with distortion) and (N,) in-front-of-camera mask."""
-    import pycolmap
-
-    cam = pycolmap.Camera(model=camera.model, width=camera.width, height=camera.height, params=list(camera.params))
-    p_cam = pose.transform(np.asarray(points, np.float64))
-    front = p_cam[:, 2] > 1e-6
-    uv = np.full((len(points), 2), np.inf)
-    if front.any():
-        uv[front] = cam.img_from_cam(p_cam[front])
-    return uv, front
 
 
 def correct_matches(keypoints: np.ndarray, p3d: np.ndarray, camera: Camera, gt: Pose, max_px: float) -> np.ndarray:
@@ -112,7 +99,7 @@ class LocalizationValidation(pl.Callback):
 
         def score_matches(name: str, matches: QueryMatches) -> None:
             camera, gt = truth[name]
-            ok = correct_matches(matches.p2d, fused_map.xyz[matches.point_index], camera, gt, self.correct_match_px)
+            ok = correct_matches(matches.p2d, fused_map.points_xyz[matches.point_index], camera, gt, self.correct_match_px)
             stats[name] = MatchStats(len(ok), int(ok.sum()))
 
         # evaluate.py's query loop; one match per query serves both the pose and the share of correct matches.
@@ -196,7 +183,7 @@ class LocalizationValidation(pl.Callback):
         cache = vs.features.cache
         local = cache.local(name)
         matches = localizer.match(local.descriptors, local.keypoints, cache.global_descriptor(name), {})
-        pnp = estimate_absolute_pose(matches.p2d, fused_map.xyz[matches.point_index], vs.queries.cameras[self.figure_query],
+        pnp = estimate_absolute_pose(matches.p2d, fused_map.points_xyz[matches.point_index], vs.queries.cameras[self.figure_query],
                                      self.localizer.pnp)
         inliers = np.zeros(len(matches.p2d), bool) if pnp is None else pnp.inliers
         fig, ax = plt.subplots(figsize=(8, 6))

@@ -27,7 +27,6 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
-from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from fuseloc.data.correspondences import (
@@ -41,7 +40,7 @@ from fuseloc.data.extractors import GlobalExtractor, LocalExtractor, Sift, Vlad
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.prepare import PreparedFeatures, global_descriptor_dim, prepare_features, prepare_scene
 from fuseloc.data.readers.base import BenchmarkSpec, DatasetReader, LocalizationData
-from fuseloc.data.readers.town import EmbeddedTown
+from fuseloc.data.readers.town import TownReader
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.data.triangulate import TriangulationConfig
 from fuseloc.errors import InputError
@@ -90,12 +89,18 @@ def holdout_queries(scene: Scene, every: int, offset: int = 0) -> tuple[np.ndarr
 class FuseLocDataModule(pl.LightningDataModule):
     """Training batches of database observations and a validation split, for any dataset reader.
 
+    The dataset and feature settings have evaluate.py's keys (``data.reader``, ``data.local_features``...; see
+    :class:`~fuseloc.data.config.DataConfig`), so one YAML snippet configures both tools. As there, the reader
+    and extractors default to None, not to an instance, so that naming another class in a config gets that
+    class's own defaults (jsonargparse would carry a default instance's matching init_args over).
+
     Args:
-        dataset: the dataset reader; default: the embedded synthetic town, validated on day and night queries
+        reader: the dataset reader; None: the embedded synthetic town, validated on day and night queries
             of a second rendering (query seed 1) of the same town and database.
-        local_features: local feature extractor (as in evaluate.py).
+        local_features: local feature extractor (as in evaluate.py); None: RootSIFT (``Sift()``).
         global_features: any global descriptor (``GlobalExtractor``: VLAD, NetVLAD, MegaLoc, SALAD...; selected
-            by ``class_path`` as in evaluate.py, whose setting it must match for the checkpoint to apply).
+            by ``class_path`` as in evaluate.py, whose setting it must match for the checkpoint to apply); None:
+            VLAD (``Vlad()``).
         output_dir: root of outputs; caches live in ``<output_dir>/<benchmark>/cache`` as for evaluate.py.
         triangulation: how a map is triangulated when the reader gives no 3D points.
         validation: ``auto`` or ``holdout`` (see the module docstring).
@@ -112,9 +117,9 @@ class FuseLocDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: DatasetReader = lazy_instance(EmbeddedTown, validation_query_seed=1),  # noqa: B008 (lazy default)
-        local_features: LocalExtractor = lazy_instance(Sift),  # noqa: B008
-        global_features: GlobalExtractor = lazy_instance(Vlad),  # noqa: B008
+        reader: DatasetReader | None = None,
+        local_features: LocalExtractor | None = None,
+        global_features: GlobalExtractor | None = None,
         output_dir: Path = Path("outputs"),
         triangulation: TriangulationConfig = TriangulationConfig(),  # noqa: B008 (frozen)
         validation: Literal["auto", "holdout"] = "auto",
@@ -130,9 +135,9 @@ class FuseLocDataModule(pl.LightningDataModule):
         if val_loss_batches < 1:
             # Lightning skips the whole validation epoch (localization included) without validation batches.
             raise InputError(f"val_loss_batches must be >= 1, got {val_loss_batches}")
-        self.dataset = dataset
-        self.local_features = local_features
-        self.global_features = global_features
+        self.reader = reader if reader is not None else TownReader(validation_query_seed=1)
+        self.local_features = local_features if local_features is not None else Sift()
+        self.global_features = global_features if global_features is not None else Vlad()
         self.output_dir = Path(output_dir)
         self.triangulation = triangulation
         self.validation = validation
@@ -165,7 +170,7 @@ class FuseLocDataModule(pl.LightningDataModule):
     # ----------------------------------------------------------------------------------------- preparation
 
     def _prepare(self) -> tuple[LocalizationData, PreparedFeatures, Scene, QuerySet, str]:
-        data = self.dataset.load()
+        data = self.reader.load()
         cache_dir = self.output_dir / data.spec.name / "cache"
         use_reader_validation = self.validation == "auto" and data.validation is not None
         if use_reader_validation:

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fuseloc.cachekeys import file_stamp, key_of
 from fuseloc.data.extractors.base import GlobalExtractor, LocalExtractor
 from fuseloc.data.feature_cache import (
     fresh_names,
@@ -26,7 +27,6 @@ from fuseloc.data.feature_cache import (
     write_state,
 )
 from fuseloc.errors import InputError
-from fuseloc.io import config_hash
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,6 @@ def read_image(path: str | Path) -> np.ndarray:
     if image is None:
         raise InputError("cannot decode image (corrupt or unsupported format)", path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def image_stamp(path: str | Path) -> str:
-    """Identity of an image file's content as far as caches are concerned: size and modification time."""
-    st = Path(path).stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def extract_local_features(
@@ -66,7 +60,7 @@ def extract_local_features(
 
     output = Path(output)
     with open_for_append(output, extractor.config(), overwrite) as handle:
-        stamps = {n: image_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}
+        stamps = {n: file_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}
         done = fresh_names(handle, names, stamps)
         todo = [n for n in names if n not in done]
         if todo:
@@ -126,7 +120,7 @@ def extract_global_features(
         if local is not None:
             config = {**config, "local": json.loads(local.attrs.get("fuseloc_config", "{}"))}
         if extractor.needs_fit:
-            config["train_images"] = config_hash(sorted(train_names))
+            config["train_images"] = key_of(sorted(train_names))
         with open_for_append(output, config, overwrite) as handle:
             if extractor.needs_fit:
                 state = read_state(handle)
@@ -140,7 +134,7 @@ def extract_global_features(
                     write_state(handle, extractor.state())
             # A global descriptor is as fresh as what it was computed from: the image, or its local features.
             if extractor.uses_image:
-                stamps = {n: image_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}  # type: ignore[arg-type]
+                stamps = {n: file_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}  # type: ignore[arg-type]
             else:
                 stamps = {n: str(local[n].attrs["source"]) for n in names if local is not None and n in local
                           and "source" in local[n].attrs}

@@ -29,8 +29,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from fuseloc.cachekeys import file_stamp, key_of, same_inputs, stamp_matches
 from fuseloc.errors import InputError
-from fuseloc.io import config_hash
 from fuseloc.types import LocalFeatures
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def write_local(handle: h5py.File, name: str, features: LocalFeatures, as_half: 
                 source_stamp: str | None = None) -> None:
     """Write one image's local features in hloc's layout (replacing an existing group).
 
-    ``source_stamp`` (see :func:`~fuseloc.data.extract.image_stamp`) lets a later run notice that the image
+    ``source_stamp`` (see :func:`~fuseloc.cachekeys.file_stamp`) lets a later run notice that the image
     changed on disk.
     """
     if name in handle:
@@ -129,13 +129,12 @@ def _complete_names(handle: h5py.File) -> set[str]:
 
 
 def fresh_names(handle: h5py.File, names: Sequence[str], stamps: dict[str, str]) -> set[str]:
-    """Complete groups whose recorded source stamp matches (groups without one, e.g. hloc's, are trusted)."""
+    """Complete groups whose recorded source stamp matches (:func:`~fuseloc.cachekeys.stamp_matches`)."""
     complete = _complete_names(handle)
     fresh = set()
     for name in names:
         if name in complete:
-            recorded = handle[name].attrs.get("source")
-            if recorded is None or name not in stamps or recorded == stamps[name]:
+            if stamp_matches(handle[name].attrs.get("source"), stamps.get(name)):
                 fresh.add(name)
     return fresh
 
@@ -164,7 +163,7 @@ def _check_config(handle: h5py.File, config: dict, path: Path) -> None:
     stored = handle.attrs.get("fuseloc_config")
     if stored is None:
         return  # a file written by hloc or by hand: no configuration to compare
-    if json.loads(stored) != json.loads(json.dumps(config)):
+    if not same_inputs(json.loads(stored), config):  # refused, not rebuilt: fuseloc.cachekeys states why
         raise InputError(
             f"feature cache was made with another configuration ({stored}, now {json.dumps(config)}); "
             "delete it or rebuild it with overwrite (evaluate.py --overwrite true)",
@@ -325,5 +324,4 @@ def check_feature_file(path: str | Path, names: Sequence[str], kind: str = "loca
         shown = ", ".join(repr(n) for n in missing[:5])
         raise InputError(f"{len(missing)} of {len(names)} images have no {kind} features ({key!r}) in this file, "
                          f"first missing: {shown}", path)
-    stat = path.stat()
-    return f"{path.stem}-{config_hash([str(path.resolve()), stat.st_size, stat.st_mtime_ns])}"
+    return f"{path.stem}-{key_of([str(path.resolve()), file_stamp(path)])}"

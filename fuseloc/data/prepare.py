@@ -10,19 +10,20 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fuseloc.data.extract import extract_global_features, extract_local_features, image_stamp
+from fuseloc.cachekeys import file_stamp, key_of, keyed_name, read_keyed
+from fuseloc.data.extract import extract_global_features, extract_local_features
 from fuseloc.data.extractors.base import GlobalExtractor, LocalExtractor
 from fuseloc.data.feature_cache import FeatureCache, check_feature_file
 from fuseloc.data.readers.base import LocalizationData
 from fuseloc.data.scene import Scene
 from fuseloc.data.triangulate import TriangulationConfig, triangulate_scene
 from fuseloc.errors import InputError
-from fuseloc.io import config_hash
 from fuseloc.types import LocalFeatures
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ class PreparedFeatures:
     cache: FeatureCache
     local_tag: str
     global_tag: str
-    #: hash of the database images' sizes and modification times: what triangulation and vocabularies learn from
-    database_fingerprint: str = ""
+    #: key of the database images' stamps (sizes and modification times): what triangulation and vocabularies learn from
+    database_key: str = ""
 
 
 def prepare_features(
@@ -76,11 +77,10 @@ def prepare_features(
         raise InputError("the queries have no image root; readers must set it", data.root)
     passes = ([(data.scene.image_root, list(data.scene.image_names)), (query_root, list(data.queries.names))]
               if separate else [(data.scene.image_root, names)])
-    database_fingerprint = ""
+    database_key = ""
     if needs_images:
         root = Path(data.scene.image_root)
-        database_fingerprint = config_hash([(n, image_stamp(root / n)) for n in data.scene.image_names
-                                            if (root / n).is_file()])
+        database_key = key_of([(n, file_stamp(root / n)) for n in data.scene.image_names if (root / n).is_file()])
     if local_path is not None:
         local_tag = check_feature_file(local_path, names, "local")
         local_path = Path(local_path)
@@ -99,13 +99,13 @@ def prepare_features(
         if global_extractor.needs_fit or global_extractor.uses_local_features:
             # Every setting of the vocabulary (seed, sample size...) and its training images key the file, so a
             # changed setting gets its own cache instead of a refusal (or, worse, a stale vocabulary).
-            global_tag += f"-{config_hash({'config': global_extractor.config(), 'train': sorted(data.scene.image_names), 'content': database_fingerprint})}"
+            global_tag += f"-{key_of({'config': global_extractor.config(), 'train': sorted(data.scene.image_names), 'content': database_key})}"
         for image_root, part in passes:
             global_path = extract_global_features(global_extractor, part, cache_dir / f"global-feats-{global_tag}.h5",
                                                   image_root=image_root, local_path=local_path,
                                                   train_names=data.scene.image_names, progress=progress)
     logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
-    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag, database_fingerprint)
+    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag, database_key)
 
 
 #: random local descriptors a local-feature aggregator is fitted on and run over to measure its output size
@@ -141,16 +141,18 @@ def prepare_scene(
     scene = data.scene
     if scene.num_points > 0:
         return scene
-    key = config_hash({"triangulation": asdict(triangulation), "features": features.local_tag,
-                       "images": scene.image_names, "poses": config_hash(scene.t_cam_from_world.round(6).tolist()),
-                       # rotations and intrinsics shape the triangulation as much as the centres do
-                       "rotations": config_hash(scene.R_cam_from_world.round(9).tolist()),
-                       "cameras": config_hash([c.to_tokens() for c in scene.image_cameras]),
-                       "content": features.database_fingerprint})
-    path = cache_dir / f"sfm-{features.local_tag}-{key}.npz"
-    if path.is_file():
-        logger.info("loading triangulated map %s", path)
-        return Scene.load(path, scene.image_root)
+    key = key_of({"triangulation": asdict(triangulation), "features": features.local_tag,
+                  "images": scene.image_names, "poses": scene.t_cam_from_world.round(6),
+                  # rotations and intrinsics shape the triangulation as much as the centres do
+                  "rotations": scene.R_cam_from_world.round(9),
+                  "cameras": [c.to_tokens() for c in scene.image_cameras],
+                  "content": features.database_key})
+    path = cache_dir / keyed_name(f"sfm-{features.local_tag}", key, ".npz")
+    cached = read_keyed(path, lambda p: Scene.load(p, scene.image_root),
+                        (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile), "triangulated map", logger)
+    if cached is not None:
+        logger.info("loaded triangulated map %s", path)
+        return cached
     t0 = time.perf_counter()
     logger.info("the model has no 3D points: triangulating %d posed images with %s", scene.num_images, features.local_tag)
     triangulated = triangulate_scene(scene, features.cache, triangulation, keypoint_source=features.local_tag)

@@ -147,8 +147,8 @@ class Scene:
         return cls(
             image_names=model.image_names,
             image_cameras=[model.cameras[int(c)] for c in model.image_camera_ids],
-            R_cam_from_world=model.rotations.reshape(-1, 3, 3),
-            t_cam_from_world=model.tvecs.reshape(-1, 3),
+            R_cam_from_world=model.R_cam_from_world.reshape(-1, 3, 3),
+            t_cam_from_world=model.t_cam_from_world.reshape(-1, 3),
             points_xyz=model.points_xyz,
             obs_image=model.obs_image,
             obs_point=model.obs_point,

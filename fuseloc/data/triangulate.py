@@ -30,14 +30,14 @@ class TriangulationConfig:
         num_neighbors: pair each image with this many others, nearest by camera centre among those whose
             viewing directions differ by at most ``max_view_angle``.
         max_view_angle: degrees.
-        ratio: Lowe ratio test threshold on descriptor distances (1 disables it).
+        ratio_threshold: Lowe ratio test threshold on descriptor distances (1 disables it).
         max_epipolar_error: pixels; a match must lie this close to the epipolar line given by the known poses.
         min_track_length: drop points seen in fewer images (2 keeps two-view tracks).
     """
 
     num_neighbors: int = 8
     max_view_angle: float = 60.0
-    ratio: float = 0.85
+    ratio_threshold: float = 0.85
     max_epipolar_error: float = 2.0
     min_track_length: int = 2
 
@@ -65,7 +65,7 @@ def _normalized(features: LocalFeatures, camera) -> np.ndarray:  # noqa: ANN001
     return np.asarray(cam.cam_from_img(features.keypoints.astype(np.float64)))
 
 
-def match_pair(desc0: np.ndarray, desc1: np.ndarray, ratio: float) -> np.ndarray:
+def match_pair(desc0: np.ndarray, desc1: np.ndarray, ratio_threshold: float) -> np.ndarray:
     """Mutual nearest neighbours with a ratio test. Returns (M, 2) index pairs."""
     if len(desc0) < 2 or len(desc1) < 2:
         return np.zeros((0, 2), np.int64)
@@ -73,7 +73,7 @@ def match_pair(desc0: np.ndarray, desc1: np.ndarray, ratio: float) -> np.ndarray
     nn01 = dist.argmin(1)
     nn10 = dist.argmin(0)
     two = np.partition(dist, 1, axis=1)[:, :2]
-    keep = (nn10[nn01] == np.arange(len(desc0))) & (two[:, 0] <= ratio * two[:, 1])
+    keep = (nn10[nn01] == np.arange(len(desc0))) & (two[:, 0] <= ratio_threshold * two[:, 1])
     idx0 = np.flatnonzero(keep)
     return np.stack([idx0, nn01[idx0]], 1)
 
@@ -131,7 +131,7 @@ def triangulate_scene(
             db.write_keypoints(i + 1, local[i].keypoints.astype(np.float32))
         num_verified = 0
         for i, j in pairs:
-            matches = match_pair(local[i].descriptors, local[j].descriptors, config.ratio)
+            matches = match_pair(local[i].descriptors, local[j].descriptors, config.ratio_threshold)
             if len(matches) == 0:
                 continue
             R_rel = scene.R_cam_from_world[j] @ scene.R_cam_from_world[i].T

@@ -55,7 +55,7 @@ def write_images_binary(path: Path, images: list[ImageRecord]) -> None:
             f.write(points.tobytes())
 
 
-def write_points_binary(path: Path, point_ids: np.ndarray, xyz: np.ndarray, track_lengths: np.ndarray,
+def write_points_binary(path: Path, point_ids: np.ndarray, points_xyz: np.ndarray, track_lengths: np.ndarray,
                         track_elements: np.ndarray) -> None:
     """Points with their tracks, grouped by track length.
 
@@ -77,7 +77,7 @@ def write_points_binary(path: Path, point_ids: np.ndarray, xyz: np.ndarray, trac
                               ("track_length", "<u8"), ("track", "<i4", (int(length), 2))])
             rec = np.zeros(len(sel), dtype)
             rec["id"] = point_ids[sel]
-            rec["xyz"] = xyz[sel]
+            rec["xyz"] = points_xyz[sel]
             rec["rgb"] = 128
             rec["error"] = -1.0
             rec["track_length"] = length
@@ -87,14 +87,14 @@ def write_points_binary(path: Path, point_ids: np.ndarray, xyz: np.ndarray, trac
 
 
 def write_model_binary(model_dir: str | Path, cameras: dict[int, Camera], images: list[ImageRecord],
-                       point_ids: np.ndarray, xyz: np.ndarray) -> Path:
+                       point_ids: np.ndarray, points_xyz: np.ndarray) -> Path:
     """A legacy three-file binary model; tracks are derived from the images' point3D ids."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     write_cameras_binary(model_dir / "cameras.bin", cameras)
     write_images_binary(model_dir / "images.bin", images)
     tracks = _tracks(images, point_ids)
-    write_points_binary(model_dir / "points3D.bin", np.asarray(point_ids), np.asarray(xyz),
+    write_points_binary(model_dir / "points3D.bin", np.asarray(point_ids), np.asarray(points_xyz),
                         np.array([len(t) for t in tracks], np.int64), np.concatenate([np.zeros((0, 2), np.int64), *tracks]))
     return model_dir
 
@@ -110,7 +110,7 @@ def _tracks(images: list[ImageRecord], point_ids: np.ndarray) -> list[np.ndarray
 
 
 def write_model_text(model_dir: str | Path, cameras: dict[int, Camera], images: list[ImageRecord],
-                     point_ids: np.ndarray, xyz: np.ndarray) -> Path:
+                     point_ids: np.ndarray, points_xyz: np.ndarray) -> Path:
     """A legacy three-file text model (the second line of an image is written even when empty)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +131,7 @@ def write_model_text(model_dir: str | Path, cameras: dict[int, Camera], images: 
     with open(model_dir / "points3D.txt", "w") as f:
         f.write("# 3D point list with one line of data per point:\n"
                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
-        for pid, p, track in zip(point_ids, xyz, tracks):
+        for pid, p, track in zip(point_ids, points_xyz, tracks):
             f.write(f"{int(pid)} {p[0]:.17g} {p[1]:.17g} {p[2]:.17g} 128 128 128 -1 "
                     + " ".join(f"{a} {b}" for a, b in track.tolist()) + "\n")
     return model_dir

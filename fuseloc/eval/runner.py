@@ -18,17 +18,18 @@ from typing import Literal
 
 import torch
 
-from fuseloc.data.extractors import GlobalExtractor, LocalExtractor
+from fuseloc.cachekeys import key_of, keyed_name, read_keyed, same_inputs
+from fuseloc.data.config import DataConfig
 from fuseloc.data.prepare import PreparedFeatures, prepare_features, prepare_scene
-from fuseloc.data.readers.base import DatasetReader, LocalizationData
+from fuseloc.data.readers.base import LocalizationData
 from fuseloc.data.scene import Scene
-from fuseloc.data.triangulate import TriangulationConfig
-from fuseloc.eval.keys import fusion_fingerprint, map_inputs, query_fingerprint
+from fuseloc.errors import InputError
+from fuseloc.eval.keys import fusion_key, map_inputs, query_key
 from fuseloc.eval.predictions import PredictionLog, read_predictions
 from fuseloc.eval.report import plot_recall_curves, recall_report, submission_report
 from fuseloc.eval.submission import MethodOutcome, merge_part_outcomes, write_outcome
-from fuseloc.io import config_hash, write_json_atomic
-from fuseloc.localize.fused_map import FusedMap, build_fused_map
+from fuseloc.io import write_json_atomic
+from fuseloc.localize.fused_map import MAP_FORMAT_VERSION, FusedMap, build_fused_map
 from fuseloc.localize.hierarchical import HierarchicalConfig, HierarchicalLocalizer, build_hierarchical_map
 from fuseloc.localize.index import check_gpu_request
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, QueryLocalizer, localize_queries
@@ -42,7 +43,8 @@ class EvaluationConfig:
     """One evaluation with every default resolved (evaluate.py's options; see its docstring for each).
 
     Attributes:
-        data, local_features, global_features: the dataset and the extractors run on it.
+        data: the dataset, the extractors run on it (or feature files), triangulation and output root, with
+            its None defaults resolved (:meth:`DataConfig.resolved`).
         lambdas: one fixed fusion per λ (λ = 1 is local-only), reduced with ``reduction``.
         checkpoint: a train.py checkpoint whose learned fusion is evaluated too.
         localizer: query-time settings of the fused methods.
@@ -50,19 +52,13 @@ class EvaluationConfig:
         device: where the fusions run.
     """
 
-    data: DatasetReader
-    local_features: LocalExtractor
-    global_features: GlobalExtractor
-    local_features_path: Path | None = None
-    global_features_path: Path | None = None
+    data: DataConfig = field(default_factory=lambda: DataConfig().resolved())
     lambdas: list[float] = field(default_factory=lambda: [1.0, 0.5])
     reduction: Literal["pca", "random", "gaussian", "shuffle"] = "pca"
     normalize_reduced: bool = True
     checkpoint: Path | None = None
     localizer: LocalizerConfig = field(default_factory=LocalizerConfig)
     hierarchical: HierarchicalConfig | None = None
-    triangulation: TriangulationConfig = field(default_factory=TriangulationConfig)
-    output_dir: Path = Path("outputs")
     progress: bool = True
     overwrite: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -76,12 +72,12 @@ def run_evaluation(config: EvaluationConfig, show: Callable[[str], None] = logge
     submission and one summary in ``<benchmark>/<method>/``; the merged outcomes are returned.
     """
     check_gpu_request(config.localizer.index)  # before features and maps are built, not after
-    parts = config.data.load_parts()
+    parts = config.data.reader.load_parts()
     if len(parts) == 1:
         return evaluate_part(parts[0], config, show)
     per_part = [evaluate_part(part, config, show) for part in parts]
     spec = parts[0].spec
-    merged = merge_part_outcomes(per_part, parts, config.output_dir / spec.name)
+    merged = merge_part_outcomes(per_part, parts, config.data.output_dir / spec.name)
     if any(p.queries.has_ground_truth for p in parts):
         show(recall_report(f"{spec.name}: {len(parts)} parts ({', '.join(p.part or '?' for p in parts)}), "
                            f"{sum(len(p.queries) for p in parts)} queries", merged, spec))
@@ -92,7 +88,7 @@ def run_evaluation(config: EvaluationConfig, show: Callable[[str], None] = logge
 
 def evaluate_part(loaded: LocalizationData, config: EvaluationConfig, show: Callable[[str], None]) -> list[MethodOutcome]:
     """Every method of ``config`` on one map and its queries: fixed fusions, learned fusion, hierarchical."""
-    bench_dir = config.output_dir / loaded.spec.name
+    bench_dir = config.data.output_dir / loaded.spec.name
     if loaded.part:
         bench_dir = bench_dir / loaded.part
     if config.overwrite and bench_dir.is_dir():
@@ -100,9 +96,10 @@ def evaluate_part(loaded: LocalizationData, config: EvaluationConfig, show: Call
         shutil.rmtree(bench_dir)
     cache_dir = bench_dir / "cache"
     progress = config.progress
-    features = prepare_features(loaded, config.local_features, config.global_features, cache_dir, progress,
-                                local_path=config.local_features_path, global_path=config.global_features_path)
-    scene = prepare_scene(loaded, features, config.triangulation, cache_dir)
+    data = config.data
+    features = prepare_features(loaded, data.local_features, data.global_features, cache_dir, progress,
+                                local_path=data.local_features_path, global_path=data.global_features_path)
+    scene = prepare_scene(loaded, features, data.triangulation, cache_dir)
     local_dim = features.cache.local(scene.image_names[0]).descriptors.shape[1]
     global_dim = features.cache.global_descriptor(scene.image_names[0]).shape[0]
     outcomes = []
@@ -134,11 +131,13 @@ def evaluate_part(loaded: LocalizationData, config: EvaluationConfig, show: Call
 
 def prepare_map(scene: Scene, features: PreparedFeatures, fusion: Fusion, cache_dir: Path, progress: bool = True) -> FusedMap:
     """Build (or load) the fused map of ``scene`` for a fitted ``fusion``."""
-    key = config_hash({"fusion": fusion_fingerprint(fusion), **map_inputs(scene, features)})
-    path = cache_dir / f"map-{key}.h5"
-    if path.is_file():
-        logger.info("loading fused map %s", path)
-        return FusedMap.load(path)
+    # The format version is part of the key: a map file of an older format is rebuilt beside it, never misread.
+    key = key_of({"fusion": fusion_key(fusion), "format": MAP_FORMAT_VERSION, **map_inputs(scene, features)})
+    path = cache_dir / keyed_name("map", key, ".h5")
+    cached = read_keyed(path, FusedMap.load, (InputError, OSError, KeyError, ValueError), "fused map", logger)
+    if cached is not None:
+        logger.info("loaded fused map %s", path)
+        return cached
     t0 = time.perf_counter()
     fused = build_fused_map(scene, features.cache, fusion, feature_tag=features.local_tag,
                             config={"local": features.local_tag, "global": features.global_tag, "key": key}, progress=progress)
@@ -170,10 +169,10 @@ def run_method(
     t0 = time.perf_counter()
     fused_map = prepare_map(scene, features, fusion, cache_dir, progress)
     map_time = time.perf_counter() - t0
-    stamp = {"map": fused_map.config.get("key"), "localizer": asdict(localizer_config),
-             "queries": query_fingerprint(data.queries)}
+    inputs = {"map": fused_map.config.get("key"), "localizer": asdict(localizer_config),
+              "queries": query_key(data.queries)}
     return _localize_and_report(label, lambda: Localizer(fused_map, localizer_config, fusion, index_cache_dir=cache_dir),
-                                stamp, fused_map.nbytes(), fused_map.num_points, map_time, data, features, output_dir,
+                                inputs, fused_map.nbytes(), fused_map.num_points, map_time, data, features, output_dir,
                                 progress)
 
 
@@ -190,16 +189,16 @@ def run_hierarchical(
     t0 = time.perf_counter()
     hmap = build_hierarchical_map(scene, features.cache, feature_tag=features.local_tag, progress=progress)
     map_time = time.perf_counter() - t0
-    stamp = {"map": config_hash({**map_inputs(scene, features), **hmap.config}),
-             "hierarchical": asdict(config), "queries": query_fingerprint(data.queries)}
-    return _localize_and_report(label, lambda: HierarchicalLocalizer(hmap, config), stamp, hmap.nbytes(), hmap.num_points,
+    inputs = {"map": key_of({**map_inputs(scene, features), **hmap.config}),
+              "hierarchical": asdict(config), "queries": query_key(data.queries)}
+    return _localize_and_report(label, lambda: HierarchicalLocalizer(hmap, config), inputs, hmap.nbytes(), hmap.num_points,
                                 map_time, data, features, output_dir, progress)
 
 
 def _localize_and_report(
     label: str,
     make_localizer: Callable[[], QueryLocalizer],
-    stamp: dict,
+    inputs: dict,
     map_bytes: int,
     num_points: int,
     map_time: float,
@@ -208,14 +207,18 @@ def _localize_and_report(
     output_dir: Path,
     progress: bool,
 ) -> MethodOutcome:
-    """Localize the queries not yet in this method's prediction log, then write submission and summary."""
+    """Localize the queries not yet in this method's prediction log, then write submission and summary.
+
+    ``inputs`` (what the predictions are computed from) is recorded next to the log; another record discards the
+    log (the policy of :mod:`fuseloc.cachekeys`).
+    """
     method_dir = output_dir / label
     log_path = method_dir / "predictions.jsonl"
-    stamp_path = method_dir / "run_config.json"
-    if stamp_path.is_file() and json.loads(stamp_path.read_text()) != json.loads(json.dumps(stamp)):
+    inputs_path = method_dir / "run_config.json"
+    if inputs_path.is_file() and not same_inputs(json.loads(inputs_path.read_text()), inputs):
         logger.warning("%s: configuration changed since the last run; discarding its predictions", method_dir)
         log_path.unlink(missing_ok=True)
-    write_json_atomic(stamp_path, stamp)
+    write_json_atomic(inputs_path, inputs)
     done = read_predictions(log_path)
     if done:
         logger.info("%s: resuming, %d of %d queries already localized", label, len(done), len(data.queries))

@@ -29,7 +29,9 @@ from fuseloc.models.fusion import (
 
 logger = logging.getLogger(__name__)
 
-MAP_FORMAT_VERSION = 1
+#: Bumped whenever the file's datasets change; a map of another version is refused (rebuild it).
+#: 2: ``xyz``, ``db_R``, ``db_t`` renamed ``points_xyz``, ``db_R_cam_from_world``, ``db_t_cam_from_world``.
+MAP_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -37,23 +39,23 @@ class FusedMap:
     """What localization holds in memory.
 
     Attributes:
-        xyz: (P, 3) float64 point positions (metres).
+        points_xyz: (P, 3) float64 point positions (metres).
         descriptors: (P, E) float16 fused point descriptors.
         db_names: N database image names.
         db_global: (N, G) float16 database global descriptors (heavy mode and fallback retrieval).
-        db_R, db_t: (N, 3, 3), (N, 3) database world-to-camera poses (fallback poses).
+        db_R_cam_from_world, db_t_cam_from_world: (N, 3, 3), (N, 3) database world-to-camera poses (fallback poses).
         fusion_class: import path of the fusion that made the descriptors.
         fusion_args: its constructor arguments.
         fusion_state: its state dict (projection, weights) as numpy arrays.
         config: how the map was built (feature tags, association), for cache checks.
     """
 
-    xyz: np.ndarray
+    points_xyz: np.ndarray
     descriptors: np.ndarray
     db_names: list[str]
     db_global: np.ndarray
-    db_R: np.ndarray
-    db_t: np.ndarray
+    db_R_cam_from_world: np.ndarray
+    db_t_cam_from_world: np.ndarray
     fusion_class: str
     fusion_args: dict
     fusion_state: dict[str, np.ndarray]
@@ -61,11 +63,12 @@ class FusedMap:
 
     @property
     def num_points(self) -> int:
-        return len(self.xyz)
+        return len(self.points_xyz)
 
     def nbytes(self) -> int:
         """Bytes localization must hold: point positions and descriptors, database globals and poses."""
-        return int(self.xyz.nbytes + self.descriptors.nbytes + self.db_global.nbytes + self.db_R.nbytes + self.db_t.nbytes)
+        return int(self.points_xyz.nbytes + self.descriptors.nbytes + self.db_global.nbytes
+                   + self.db_R_cam_from_world.nbytes + self.db_t_cam_from_world.nbytes)
 
     def fusion(self) -> Fusion:
         return instantiate_fusion(self.fusion_class, self.fusion_args, self.fusion_state)
@@ -80,12 +83,12 @@ class FusedMap:
                 f.attrs["config"] = json.dumps(self.config, sort_keys=True)
                 f.attrs["fusion_class"] = self.fusion_class
                 f.attrs["fusion_args"] = json.dumps(self.fusion_args)
-                f.create_dataset("xyz", data=self.xyz)
+                f.create_dataset("points_xyz", data=self.points_xyz)
                 f.create_dataset("descriptors", data=self.descriptors)
                 f.create_dataset("db_names", data=np.array(self.db_names, dtype=h5py.string_dtype()))
                 f.create_dataset("db_global", data=self.db_global)
-                f.create_dataset("db_R", data=self.db_R)
-                f.create_dataset("db_t", data=self.db_t)
+                f.create_dataset("db_R_cam_from_world", data=self.db_R_cam_from_world)
+                f.create_dataset("db_t_cam_from_world", data=self.db_t_cam_from_world)
                 state = f.create_group("fusion_state")
                 for k, v in self.fusion_state.items():
                     state.create_dataset(k, data=v)
@@ -104,12 +107,12 @@ class FusedMap:
                 if version != MAP_FORMAT_VERSION:
                     raise InputError(f"map format version {version}, this fuseloc reads {MAP_FORMAT_VERSION}; rebuild the map", path)
                 return cls(
-                    xyz=f["xyz"][()],
+                    points_xyz=f["points_xyz"][()],
                     descriptors=f["descriptors"][()],
                     db_names=[n.decode() if isinstance(n, bytes) else n for n in f["db_names"][()]],
                     db_global=f["db_global"][()],
-                    db_R=f["db_R"][()],
-                    db_t=f["db_t"][()],
+                    db_R_cam_from_world=f["db_R_cam_from_world"][()],
+                    db_t_cam_from_world=f["db_t_cam_from_world"][()],
                     fusion_class=str(f.attrs["fusion_class"]),
                     fusion_args=json.loads(f.attrs["fusion_args"]),
                     fusion_state={k: v[()] for k, v in f["fusion_state"].items()},
@@ -179,12 +182,12 @@ def build_fused_map(
     logger.info("fused map: %d of %d points have associated observations (%s association)", has.sum(), scene.num_points, association)
     descriptors = (sums[has] / counts[has, None]).astype(np.float16)
     return FusedMap(
-        xyz=scene.points_xyz[has].astype(np.float64),
+        points_xyz=scene.points_xyz[has].astype(np.float64),
         descriptors=descriptors,
         db_names=list(scene.image_names),
         db_global=db_global.astype(np.float16),
-        db_R=scene.R_cam_from_world.astype(np.float64),
-        db_t=scene.t_cam_from_world.astype(np.float64),
+        db_R_cam_from_world=scene.R_cam_from_world.astype(np.float64),
+        db_t_cam_from_world=scene.t_cam_from_world.astype(np.float64),
         fusion_class=fusion_class_path(fusion),
         fusion_args=fusion_init_args(fusion),
         fusion_state={k: to_numpy(v) for k, v in fusion.state_dict().items()},

@@ -54,10 +54,10 @@ class HierarchicalMap:
         descriptors: (K, D) float16 their local descriptors.
         offsets: (N + 1,) int64: image i owns rows ``offsets[i]:offsets[i + 1]``.
         keypoint_point: (K,) int32 3D point of each keypoint, -1 for keypoints with none.
-        xyz: (P, 3) float64 3D points.
+        points_xyz: (P, 3) float64 3D points.
         db_names: N database image names.
         db_global: (N, G) float16 global descriptors (retrieval).
-        db_R, db_t: (N, 3, 3), (N, 3) database world-to-camera poses (fallback poses).
+        db_R_cam_from_world, db_t_cam_from_world: (N, 3, 3), (N, 3) database world-to-camera poses (fallback poses).
         config: how the map was built (feature tags, association).
     """
 
@@ -65,21 +65,21 @@ class HierarchicalMap:
     descriptors: np.ndarray
     offsets: np.ndarray
     keypoint_point: np.ndarray
-    xyz: np.ndarray
+    points_xyz: np.ndarray
     db_names: list[str]
     db_global: np.ndarray
-    db_R: np.ndarray
-    db_t: np.ndarray
+    db_R_cam_from_world: np.ndarray
+    db_t_cam_from_world: np.ndarray
     config: dict = field(default_factory=dict)
 
     @property
     def num_points(self) -> int:
-        return len(self.xyz)
+        return len(self.points_xyz)
 
     def nbytes(self) -> int:
         """Bytes localization must hold: database keypoints, descriptors, their 3D lifting, globals and poses."""
-        arrays = (self.keypoints, self.descriptors, self.offsets, self.keypoint_point, self.xyz, self.db_global,
-                  self.db_R, self.db_t)
+        arrays = (self.keypoints, self.descriptors, self.offsets, self.keypoint_point, self.points_xyz, self.db_global,
+                  self.db_R_cam_from_world, self.db_t_cam_from_world)
         return int(sum(a.nbytes for a in arrays))
 
 
@@ -137,11 +137,11 @@ def build_hierarchical_map(
         descriptors=np.concatenate(descriptors) if descriptors else np.zeros((0, dim), np.float16),
         offsets=np.r_[0, np.cumsum(sizes)].astype(np.int64),
         keypoint_point=np.concatenate(lifts) if lifts else np.zeros(0, np.int32),
-        xyz=scene.points_xyz.astype(np.float64),
+        points_xyz=scene.points_xyz.astype(np.float64),
         db_names=list(scene.image_names),
         db_global=features.global_descriptors(scene.image_names).astype(np.float16),
-        db_R=scene.R_cam_from_world.astype(np.float64),
-        db_t=scene.t_cam_from_world.astype(np.float64),
+        db_R_cam_from_world=scene.R_cam_from_world.astype(np.float64),
+        db_t_cam_from_world=scene.t_cam_from_world.astype(np.float64),
         config={"association": association, "radius": radius, "triangulated_only": triangulated_only},
     )
 
@@ -201,7 +201,7 @@ class HierarchicalLocalizer:
         self.map = hmap
         self.config = config
         self.db_global = np.ascontiguousarray(hmap.db_global, np.float32)
-        self._xyz = np.ascontiguousarray(hmap.xyz, np.float64)
+        self._points_xyz = np.ascontiguousarray(hmap.points_xyz, np.float64)
 
     def retrieve(self, global_desc: np.ndarray) -> np.ndarray:
         """The ``top_k`` database images nearest in global descriptor, nearest first."""
@@ -234,7 +234,7 @@ class HierarchicalLocalizer:
                                    np.concatenate(dists) if dists else np.zeros(0, np.float32), retrieved)
 
     def fallback_pose(self, db_index: int) -> Pose:
-        return Pose(self.map.db_R[db_index], self.map.db_t[db_index])
+        return Pose(self.map.db_R_cam_from_world[db_index], self.map.db_t_cam_from_world[db_index])
 
     def localize(self, camera: Camera, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray) -> PoseResult:
         timings: dict[str, float] = {}
@@ -243,6 +243,6 @@ class HierarchicalLocalizer:
                              f"map holds {self.map.descriptors.shape[1]}-D / {self.db_global.shape[1]}-D")
         matches = self.match(keypoints, local_desc, global_desc, timings)
         # The same 2D keypoint may match 3D points through several database images, as in hloc; RANSAC sorts it out.
-        return solve_pose(matches.p2d, self._xyz[matches.point_index], matches.distances, camera, self.config.pnp,
+        return solve_pose(matches.p2d, self._points_xyz[matches.point_index], matches.distances, camera, self.config.pnp,
                           self.config.min_inliers,
                           lambda: self.fallback_pose(int(matches.retrieved[0])), timings, num_keypoints=len(keypoints))

@@ -15,7 +15,6 @@ are not part of the key: they are applied after loading).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -24,8 +23,9 @@ from typing import Literal
 
 import numpy as np
 
+from fuseloc.cachekeys import array_digest, key_of, keyed_name, read_keyed
 from fuseloc.errors import InputError
-from fuseloc.io import atomic_path, config_hash
+from fuseloc.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -219,14 +219,6 @@ def train_coarse_centroids(sample: np.ndarray, nlist: int, niter: int = 10, seed
     return np.vstack(centres).astype(np.float32)
 
 
-def descriptors_digest(descriptors: np.ndarray) -> str:
-    """Content hash of a descriptor array (shape, dtype and bytes): the map part of an index cache key."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{descriptors.shape}{descriptors.dtype}".encode())
-    digest.update(memoryview(np.ascontiguousarray(descriptors)).cast("B"))
-    return digest.hexdigest()
-
-
 class MapIndex:
     """A faiss index over (P, D) descriptors, with the configuration it was built with.
 
@@ -412,17 +404,15 @@ def load_or_build_index(descriptors: np.ndarray, config: IndexConfig = IndexConf
     kind = config.resolved_kind(num_points)
     if cache_dir is None or kind == "flat":
         return MapIndex(descriptors, config)
-    key = config_hash({"version": INDEX_CACHE_VERSION, "descriptors": descriptors_digest(descriptors),
-                       "build": config.build_key(num_points, dim)}, length=12)
-    path = Path(cache_dir) / f"index-{kind}-{key}.faiss"
-    if path.is_file():
-        try:
-            index = MapIndex.read_checked(path, config, num_points, dim)
-        except (RuntimeError, ValueError) as error:  # faiss raises RuntimeError on a truncated or foreign file
-            logger.warning("index cache %s is unreadable (%s); rebuilding it", path, str(error).splitlines()[0])
-        else:
-            logger.info("loaded %s index from %s", kind, path)
-            return MapIndex.from_faiss(index, config, num_points, dim)
+    key = key_of({"version": INDEX_CACHE_VERSION, "descriptors": array_digest(descriptors),
+                  "build": config.build_key(num_points, dim)})
+    path = Path(cache_dir) / keyed_name(f"index-{kind}", key, ".faiss")
+    # faiss raises RuntimeError on a truncated or foreign file, read_checked ValueError on an index of another shape
+    index = read_keyed(path, lambda p: MapIndex.read_checked(p, config, num_points, dim), (RuntimeError, ValueError),
+                       "index cache", logger)
+    if index is not None:
+        logger.info("loaded %s index from %s", kind, path)
+        return MapIndex.from_faiss(index, config, num_points, dim)
     index = MapIndex(descriptors, config)
     try:
         index.save(path)

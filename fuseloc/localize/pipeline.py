@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -32,13 +32,12 @@ class LocalizerConfig:
             nearest database image (by global descriptor).
         min_inliers: fewer PnP inliers marks the query failed; it then gets the fallback pose.
         pnp: RANSAC settings.
-        index: nearest-neighbour index over the map descriptors (exact or approximate).
+        index: nearest-neighbour index over the map descriptors (exact or approximate); ``index.use_gpu``
+            puts it on the GPU. The fusion runs wherever it lives: pass one moved to ``cuda`` to fuse there.
         ratio_threshold: Lowe's ratio test on the two nearest map points (distance, not squared); 1 keeps
             every 1-NN match.
         unique_points: keep only the closest query keypoint per map point; the others matched to the same
             point are mostly outliers that would only slow RANSAC down.
-        use_gpu: the faiss index on the GPU (same as ``index.use_gpu``; needs faiss-gpu and a CUDA device,
-            else an InputError). The fusion runs wherever it lives: pass one moved to ``cuda`` to fuse there.
     """
 
     query_global: Literal["light", "heavy"] = "light"
@@ -47,7 +46,6 @@ class LocalizerConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     ratio_threshold: float = 1.0
     unique_points: bool = True
-    use_gpu: bool = False
 
 
 @dataclass
@@ -75,16 +73,15 @@ class Localizer:
         self.map = fused_map
         self.config = config
         self.fusion = (fusion if fusion is not None else fused_map.fusion()).eval()
-        index_config = config.index if not config.use_gpu else replace(config.index, use_gpu=True)
-        self.index = load_or_build_index(fused_map.descriptors, index_config, index_cache_dir)
+        self.index = load_or_build_index(fused_map.descriptors, config.index, index_cache_dir)
         self.db_global = np.ascontiguousarray(fused_map.db_global, np.float32)
-        self._xyz = np.ascontiguousarray(fused_map.xyz, np.float64)
+        self._points_xyz = np.ascontiguousarray(fused_map.points_xyz, np.float64)
 
     def nearest_database_image(self, global_desc: np.ndarray) -> int:
         return int(np.argmin(((self.db_global - global_desc[None]) ** 2).sum(1)))
 
     def fallback_pose(self, db_index: int) -> Pose:
-        return Pose(self.map.db_R[db_index], self.map.db_t[db_index])
+        return Pose(self.map.db_R_cam_from_world[db_index], self.map.db_t_cam_from_world[db_index])
 
     @torch.no_grad()
     def match(self, local_desc: np.ndarray, keypoints: np.ndarray, global_desc: np.ndarray, timings: dict[str, float]) -> QueryMatches:
@@ -113,7 +110,7 @@ class Localizer:
     def pose_from_matches(self, matches: QueryMatches, camera: Camera, global_desc: np.ndarray,
                           timings: dict[str, float], num_keypoints: int) -> PoseResult:
         """The second half of :meth:`localize`, for callers that also inspect the matches."""
-        return solve_pose(matches.p2d, self._xyz[matches.point_index], matches.distances, camera, self.config.pnp,
+        return solve_pose(matches.p2d, self._points_xyz[matches.point_index], matches.distances, camera, self.config.pnp,
                           self.config.min_inliers,
                           lambda: self.fallback_pose(self.nearest_database_image(global_desc)), timings, num_keypoints)
 

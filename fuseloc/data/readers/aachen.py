@@ -36,7 +36,7 @@ DAY_LIST = "queries/day_time_queries_with_intrinsics.txt"
 NIGHT_LISTS = ("queries/night_time_queries_with_intrinsics_v1_1.txt", "queries/night_time_queries_with_intrinsics.txt")
 
 
-class AachenDayNight(DatasetReader):
+class AachenReader(DatasetReader):
     """Aachen Day-Night v1.1.
 
     Args:

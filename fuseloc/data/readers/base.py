@@ -105,7 +105,7 @@ class DatasetReader:
         return [self.load()]
 
 
-class Preloaded(DatasetReader):
+class PreloadedReader(DatasetReader):
     """A reader that hands back data already loaded (e.g. one part of a multi-part dataset)."""
 
     def __init__(self, data: LocalizationData):

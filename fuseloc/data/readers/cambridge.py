@@ -87,7 +87,7 @@ def image_size(path: Path) -> tuple[int, int]:
     return int(image.shape[1]), int(image.shape[0])
 
 
-class CambridgeLandmarks(DatasetReader):
+class CambridgeReader(DatasetReader):
     """Cambridge Landmarks, one part per scene.
 
     Args:
@@ -184,8 +184,8 @@ class CambridgeLandmarks(DatasetReader):
         if self.ground_truth == "original":
             gt = self._original_gt(root, scene_name, raw_names)
         else:
-            R = everything.rotations
-            gt = [Pose(R[r], everything.tvecs[r]) for r in rows]
+            R = everything.R_cam_from_world
+            gt = [Pose(R[r], everything.t_cam_from_world[r]) for r in rows]
         return train, QuerySet(names, cameras, gt, [scene_name] * len(names), root)
 
     def _from_nvm(self, root: Path, scene_name: str) -> tuple[Scene, QuerySet]:

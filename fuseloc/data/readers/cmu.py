@@ -73,7 +73,7 @@ def camera_id(name: str) -> str:
     return parts[2] if len(parts) > 3 else ""
 
 
-class ExtendedCMUSeasons(DatasetReader):
+class CMUReader(DatasetReader):
     """Extended CMU Seasons, one part per slice.
 
     Args:

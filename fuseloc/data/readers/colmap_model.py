@@ -54,7 +54,7 @@ class ColmapModel:
         image_names: N names relative to the image root.
         image_camera_ids: (N,) int64 camera id of each image.
         qvecs: (N, 4) world-to-camera rotations, (w, x, y, z).
-        tvecs: (N, 3) world-to-camera translations.
+        t_cam_from_world: (N, 3) world-to-camera translations.
         point_ids: (P,) int64 sorted point3D ids.
         points_xyz: (P, 3) float64.
         obs_image: (M,) int32 row in the images of each observation.
@@ -68,7 +68,7 @@ class ColmapModel:
     image_names: list[str]
     image_camera_ids: np.ndarray
     qvecs: np.ndarray
-    tvecs: np.ndarray
+    t_cam_from_world: np.ndarray
     point_ids: np.ndarray
     points_xyz: np.ndarray
     obs_image: np.ndarray
@@ -77,7 +77,7 @@ class ColmapModel:
     obs_keypoint: np.ndarray
 
     @property
-    def rotations(self) -> np.ndarray:
+    def R_cam_from_world(self) -> np.ndarray:
         """(N, 3, 3) world-to-camera rotation matrices."""
         return qvecs_to_rotmats(self.qvecs)
 
@@ -409,7 +409,7 @@ def _assemble(model_dir: Path, cameras: dict[int, Camera], images: _Images, poin
         image_names=[images.names[i] for i in image_order],
         image_camera_ids=images.camera_ids[image_order],
         qvecs=images.qvecs[image_order],
-        tvecs=images.tvecs[image_order],
+        t_cam_from_world=images.tvecs[image_order],
         point_ids=point_ids,
         points_xyz=xyz,
         obs_image=new_row[obs_image] if len(obs_image) else obs_image,

@@ -85,7 +85,7 @@ def write_pose_list(path: str | Path, names: list[str], poses: list[Pose]) -> Pa
     return write_text_atomic(path, "".join(p.to_line(n) + "\n" for n, p in zip(names, poses)))
 
 
-class GenericDataset(DatasetReader):
+class GenericReader(DatasetReader):
     """A dataset in hloc's custom-data layout.
 
     Args:

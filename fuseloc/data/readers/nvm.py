@@ -59,7 +59,7 @@ class NvmModel:
         points_xyz: (P, 3) point positions.
         obs_image: (M,) int32 camera index of each measurement.
         obs_point: (M,) int32 point index.
-        obs_feature: (M,) int32 feature index in its image.
+        obs_keypoint: (M,) int32 feature (keypoint) index in its image.
         obs_xy: (M, 2) float32 measurements as written in the file (absolute or centre-relative pixels).
         path: the file the model was read from (named in errors), if any.
     """
@@ -72,7 +72,7 @@ class NvmModel:
     points_xyz: np.ndarray
     obs_image: np.ndarray
     obs_point: np.ndarray
-    obs_feature: np.ndarray
+    obs_keypoint: np.ndarray
     obs_xy: np.ndarray
     path: Path | None = None
 
@@ -80,12 +80,15 @@ class NvmModel:
     def num_cameras(self) -> int:
         return len(self.names)
 
-    def rotations(self) -> np.ndarray:
+    def R_cam_from_world(self) -> np.ndarray:
+        """(N, 3, 3) world-to-camera rotations."""
         return np.stack([qvec_to_rotmat(q) for q in self.qvecs]).reshape(-1, 3, 3)
 
-    def translations(self, rotations: np.ndarray | None = None) -> np.ndarray:
-        """(N, 3) world-to-camera translations ``t = -R C`` (``rotations``: :meth:`rotations`, if already at hand)."""
-        return -np.einsum("nij,nj->ni", self.rotations() if rotations is None else rotations, self.centers)
+    def t_cam_from_world(self, R_cam_from_world: np.ndarray | None = None) -> np.ndarray:
+        """(N, 3) world-to-camera translations ``t = -R C`` (``R_cam_from_world``: :meth:`R_cam_from_world`, if
+        already at hand)."""
+        R = self.R_cam_from_world() if R_cam_from_world is None else R_cam_from_world
+        return -np.einsum("nij,nj->ni", R, self.centers)
 
     def to_scene(self, names: list[str], cameras: list[Camera], keep: np.ndarray | None = None,
                  image_root: Path | None = None, measurements: MeasurementConvention = "auto",
@@ -105,32 +108,32 @@ class NvmModel:
                              self.path)
         keep = np.ones(self.num_cameras, bool) if keep is None else np.asarray(keep, bool)
         sizes = np.array([[c.width, c.height] for c in cameras], np.float64).reshape(-1, 2)
-        rotations = self.rotations()
-        translations = self.translations(rotations).reshape(-1, 3)
-        convention = self._convention(measurements, sizes, rotations, translations, check)
+        R_cam_from_world = self.R_cam_from_world()
+        t_cam_from_world = self.t_cam_from_world(R_cam_from_world).reshape(-1, 3)
+        convention = self._convention(measurements, sizes, R_cam_from_world, t_cam_from_world, check)
         obs_xy = self.obs_xy
         if convention == "centered" and len(self.obs_image):
             obs_xy = obs_xy + (sizes / 2.0).astype(np.float32)[self.obs_image]
         full = Scene(
             image_names=list(names),
             image_cameras=list(cameras),
-            R_cam_from_world=rotations,
-            t_cam_from_world=translations,
+            R_cam_from_world=R_cam_from_world,
+            t_cam_from_world=t_cam_from_world,
             points_xyz=self.points_xyz,
             obs_image=self.obs_image,
             obs_point=self.obs_point,
             obs_xy=np.asarray(obs_xy, np.float32),
-            obs_keypoint=self.obs_feature,
+            obs_keypoint=self.obs_keypoint,
             image_root=image_root,
         )
         return full if keep.all() else full.subset_images(keep)
 
-    def _convention(self, measurements: MeasurementConvention, sizes: np.ndarray, rotations: np.ndarray,
-                    translations: np.ndarray, check: MeasurementCheck) -> str:
+    def _convention(self, measurements: MeasurementConvention, sizes: np.ndarray, R_cam_from_world: np.ndarray,
+                    t_cam_from_world: np.ndarray, check: MeasurementCheck) -> str:
         where = self.path or "NVM model"
         if len(self.obs_image) == 0:
             return "absolute"  # nothing to convert
-        fit = fit_measurements(self, sizes, check, rotations, translations)
+        fit = fit_measurements(self, sizes, check, R_cam_from_world, t_cam_from_world)
         if measurements != "auto":
             if fit.convention is not None and fit.convention != measurements:
                 logger.warning("%s: measurements read as %s as configured, but they look %s (%s)", where, measurements,
@@ -256,7 +259,7 @@ def _model(path: Path, names: list[str], cam_values: np.ndarray, points: _Points
         points_xyz=points.xyz,
         obs_image=points.image,
         obs_point=np.repeat(np.arange(num_points, dtype=np.int32), points.counts),
-        obs_feature=points.feature,
+        obs_keypoint=points.feature,
         obs_xy=points.xy,
         path=path,
     )

@@ -69,7 +69,8 @@ class MeasurementFit:
 
 
 def fit_measurements(model: NvmModel, sizes: np.ndarray, check: MeasurementCheck = MeasurementCheck(),  # noqa: B008
-                     rotations: np.ndarray | None = None, translations: np.ndarray | None = None) -> MeasurementFit:
+                     R_cam_from_world: np.ndarray | None = None,
+                     t_cam_from_world: np.ndarray | None = None) -> MeasurementFit:
     """Which measurement convention the file's points and poses agree with.
 
     A sample of measurements is compared with the projection ``f X / Z`` of its point by its camera (principal
@@ -83,10 +84,10 @@ def fit_measurements(model: NvmModel, sizes: np.ndarray, check: MeasurementCheck
         model: the NVM model.
         sizes: (N, 2) width and height of each camera's images.
         check: sample size and decision thresholds.
-        rotations, translations: the model's world-to-camera poses, if already computed.
+        R_cam_from_world, t_cam_from_world: the model's world-to-camera poses, if already computed.
     """
-    R = model.rotations() if rotations is None else rotations
-    t = model.translations(R) if translations is None else translations
+    R = model.R_cam_from_world() if R_cam_from_world is None else R_cam_from_world
+    t = model.t_cam_from_world(R) if t_cam_from_world is None else t_cam_from_world
     m = len(model.obs_image)
     rng = np.random.default_rng(check.seed)
     pick = np.sort(rng.choice(m, check.sample, replace=False)) if m > check.sample else np.arange(m)

@@ -17,7 +17,7 @@ from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
 
 
-class PosedImagesDataset(DatasetReader):
+class PosedImagesReader(DatasetReader):
     """Args:
         root: scene folder.
         images: image folder relative to ``root``.

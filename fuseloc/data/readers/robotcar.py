@@ -75,7 +75,7 @@ def pose_to_camera_to_world(pose: Pose) -> np.ndarray:
     return pose.inverse().matrix()
 
 
-class RobotCarSeasons(DatasetReader):
+class RobotCarReader(DatasetReader):
     """RobotCar Seasons v2.
 
     Args:

@@ -6,12 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from fuseloc.data.readers.base import DatasetReader, LocalizationData
-from fuseloc.data.readers.generic import GenericDataset
+from fuseloc.data.readers.generic import GenericReader
 from fuseloc.data.scene import QuerySet
 from fuseloc.errors import InputError
 
 
-class EmbeddedTown(DatasetReader):
+class TownReader(DatasetReader):
     """The default demo scene: a small rendered town with repeated facades, day and night queries.
 
     Args:
@@ -32,7 +32,7 @@ class EmbeddedTown(DatasetReader):
 
         config = TownConfig(seed=self.seed)
         root = generate_town(self.root or default_scene_dir(config), config)
-        data = GenericDataset(root, name="town").load()
+        data = GenericReader(root, name="town").load()
         if self.validation_query_seed is None:
             return data
         if self.validation_query_seed == config.effective_query_seed:
@@ -41,7 +41,7 @@ class EmbeddedTown(DatasetReader):
         val_config = replace(config, query_seed=self.validation_query_seed)
         val_root = default_scene_dir(val_config) if self.root is None else self.root.with_name(
             f"{self.root.name}-valq{self.validation_query_seed}")
-        val = GenericDataset(generate_town(val_root, val_config), name="town").load().queries
+        val = GenericReader(generate_town(val_root, val_config), name="town").load().queries
         # Feature caches are keyed by image name: root the names one level up so that the validation
         # queries never share a name (and cached features) with the evaluation queries.
         prefix = Path(val.image_root).name

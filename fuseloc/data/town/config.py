@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fuseloc.cachekeys import key_of, keyed_name
 from fuseloc.data.town.textures import END_TEXTURES
-from fuseloc.io import config_hash
 
 #: Bump when the rendering or layout code changes in a way that changes the output for the same config, so
 #: that caches written by older code are not trusted. 2: view quaternions from ``fuseloc.types.rotmat_to_qvec``
@@ -115,8 +115,8 @@ class TownConfig:
 
 
 def scene_hash(config: TownConfig) -> str:
-    """Short hash of the config and the generator version; names the cache directory."""
-    return config_hash({"config": config.to_json(), "generator_version": GENERATOR_VERSION}, length=12)
+    """Key of the config and the generator version (:func:`fuseloc.cachekeys.key_of`); names the cache directory."""
+    return key_of({"config": config.to_json(), "generator_version": GENERATOR_VERSION})
 
 
 def default_scene_dir(config: TownConfig | None = None) -> Path:
@@ -125,5 +125,5 @@ def default_scene_dir(config: TownConfig | None = None) -> Path:
     config = TownConfig() if config is None else config
     base = os.environ.get("FUSELOC_CACHE")
     cache = Path(base) if base else Path.home() / ".cache" / "fuseloc"
-    return cache / f"synthetic-town-{scene_hash(config)}"
+    return cache / keyed_name("synthetic-town", scene_hash(config))
 
