@@ -37,6 +37,7 @@ def evaluate(
     progress: bool = True,
     overwrite: bool = False,
     device: str = "cpu",
+    export_bundle: Path | None = None,
 ) -> list:
     """Evaluate fixed fusions (one per λ; λ = 1 is local-only) and optionally a learned fusion.
 
@@ -65,6 +66,9 @@ def evaluate(
             not beat; ``cuda`` pays off for learned fusions with a local projection over large maps. Maps are
             cached by fusion, not by device. The faiss index has its own switch:
             ``--localizer.index.use_gpu true``.
+        export_bundle: write a map bundle (everything ``localize.py`` and ``fuseloc.load_bundle`` need: fused
+            map and fusion, extractors and VLAD vocabulary or weight file reference, index, localizer settings)
+            per fused method: one method to this folder, several to ``<folder>/<method>``.
     """
     from fuseloc.eval.runner import EvaluationConfig, run_evaluation
     from fuseloc.localize.hierarchical import HierarchicalConfig
@@ -81,6 +85,7 @@ def evaluate(
         progress=progress,
         overwrite=overwrite,
         device=resolve_device(device),
+        export_bundle=export_bundle,
     )
     return run_evaluation(config, show=print)
 

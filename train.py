@@ -40,6 +40,41 @@ class FuseLocCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         logging.basicConfig(level=config.pop("log_level", "INFO"),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        place_run(config)
+
+
+#: configs/base.yaml's logger save_dir; left at that, runs go to ``<data.output_dir>/train`` instead
+DEFAULT_SAVE_DIR = Path("outputs/train")
+
+
+def place_run(config) -> None:  # noqa: ANN001 (jsonargparse Namespace of the subcommand)
+    """Put the run (logs and checkpoints) under ``<data.output_dir>/train/<name>/version_N`` unless the config
+    names another save_dir, and make ``--ckpt_path last`` resume the latest run of that experiment: Lightning looks
+    for last.ckpt only in the new run's own version folder, which a new run never has."""
+    logger_config = config.get("trainer", {}).get("logger") if hasattr(config, "get") else None
+    init = logger_config.get("init_args") if hasattr(logger_config, "get") else None
+    if init is None or init.get("save_dir") is None:
+        return
+    if Path(init.save_dir) == DEFAULT_SAVE_DIR and config.get("data", {}).get("output_dir") is not None:
+        init.save_dir = str(Path(config.data.output_dir) / "train")
+    if config.get("ckpt_path") != "last" or init.get("version") is not None:
+        return
+    experiment = Path(init.save_dir) / (init.get("name") or "lightning_logs")
+    version = latest_resumable_version(experiment)
+    log = logging.getLogger("fuseloc.train")
+    if version is None:
+        log.warning("--ckpt_path last: no run of %s has a last.ckpt; starting a new run", experiment)
+        config.ckpt_path = None
+        return
+    init.version = version
+    log.info("--ckpt_path last: resuming %s", experiment / f"version_{version}")
+
+
+def latest_resumable_version(experiment: Path) -> int | None:
+    """The highest N with ``<experiment>/version_N/checkpoints/last.ckpt``; None when no run has one."""
+    versions = [int(d.name.split("_", 1)[1]) for d in experiment.glob("version_*")
+                if d.name.split("_", 1)[1].isdigit() and (d / "checkpoints" / "last.ckpt").is_file()]
+    return max(versions, default=None)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> FuseLocCLI:

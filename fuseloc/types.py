@@ -26,6 +26,22 @@ CAMERA_MODEL_PARAMS: dict[str, int] = {
 }
 
 
+#: models whose first parameter is the one focal length (the others start with fx, fy)
+SINGLE_FOCAL_MODELS = ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
+
+
+def check_camera_params(model: str, params: tuple[float, ...]) -> None:
+    """A one-line InputError unless every parameter is finite and each focal length positive: a negative focal
+    gives a pose turned 180 degrees, a zero or NaN one no pose at all. Every :class:`Camera` is checked on
+    construction (readers add the file and line); call it to check parameters before making one."""
+    values = np.asarray(params, np.float64)
+    if not np.all(np.isfinite(values)):
+        raise InputError(f"camera {model} has a non-finite parameter: {' '.join(f'{p:g}' for p in params)}")
+    focals = values[:1] if model in SINGLE_FOCAL_MODELS else values[:2]
+    if np.any(focals <= 0):
+        raise InputError(f"camera {model} focal length must be positive, got {' '.join(f'{f:g}' for f in focals)}")
+
+
 @dataclass(frozen=True)
 class Camera:
     """An intrinsic camera in COLMAP's parameterisation.
@@ -50,6 +66,7 @@ class Camera:
             )
         if self.width <= 0 or self.height <= 0:
             raise InputError(f"camera size must be positive, got {self.width}x{self.height}")
+        check_camera_params(self.model, self.params)
 
     @classmethod
     def from_tokens(cls, tokens: list[str]) -> Camera:
@@ -74,7 +91,7 @@ class Camera:
     @property
     def focal(self) -> float:
         """Mean focal length in pixels."""
-        if self.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+        if self.model in SINGLE_FOCAL_MODELS:
             return self.params[0]
         return 0.5 * (self.params[0] + self.params[1])
 
@@ -106,6 +123,13 @@ def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
     return q if q[0] >= 0 else -q
 
 
+def _checked_qvec(qvec: np.ndarray | list[float]) -> np.ndarray:
+    q = np.asarray(qvec, dtype=np.float64).reshape(4)
+    if not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-8:
+        raise InputError(f"invalid quaternion {' '.join(f'{v:g}' for v in q)}")
+    return q
+
+
 @dataclass(frozen=True)
 class Pose:
     """A rigid world-to-camera transform ``x_cam = R @ x_world + t`` (metres)."""
@@ -115,16 +139,20 @@ class Pose:
 
     @classmethod
     def from_qt(cls, qvec: np.ndarray | list[float], t: np.ndarray | list[float]) -> Pose:
-        q = np.asarray(qvec, dtype=np.float64)
-        if not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-8:
-            raise InputError(f"invalid quaternion {list(q)}")
-        return cls(qvec_to_rotmat(q), np.asarray(t, dtype=np.float64).reshape(3))
+        q = _checked_qvec(qvec)
+        t = np.asarray(t, dtype=np.float64).reshape(3)
+        if not np.all(np.isfinite(t)):
+            raise InputError(f"non-finite translation {' '.join(f'{v:g}' for v in t)}")
+        return cls(qvec_to_rotmat(q), t)
 
     @classmethod
     def from_center(cls, qvec: np.ndarray | list[float], center: np.ndarray | list[float]) -> Pose:
         """From the world-to-camera rotation and the camera centre C (``t = -R C``), as in NVM and Cambridge."""
-        R = qvec_to_rotmat(np.asarray(qvec, dtype=np.float64))
-        return cls(R, -R @ np.asarray(center, dtype=np.float64).reshape(3))
+        R = qvec_to_rotmat(_checked_qvec(qvec))
+        center = np.asarray(center, dtype=np.float64).reshape(3)
+        if not np.all(np.isfinite(center)):
+            raise InputError(f"non-finite camera centre {' '.join(f'{v:g}' for v in center)}")
+        return cls(R, -R @ center)
 
     @classmethod
     def identity(cls) -> Pose:

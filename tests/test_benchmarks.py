@@ -49,3 +49,18 @@ def test_strecha_data_missing_is_a_skip_not_a_crash(bench_index_scale, tmp_path,
     assert bench_index_scale.main(["--points", "1000", "--dims", "16", "--data", "strecha", "--images",
                                    str(tmp_path), "--kinds", "flat", "--repeats", "1", "--fp16_points", "0"]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_memory_benchmark_measures_a_fresh_process_and_ends_with_the_summary_line(tmp_path, capsys):
+    bench_memory = load_script("benchmarks/bench_memory")
+    out = tmp_path / "rows.json"
+    assert bench_memory.main(["--points", "20000", "--dims", "16", "--images", "1", "--keypoints", "256",
+                              "--exact_sample", "0", "--variants", "ivf fp16", "today ivf-flat", "--threads", "1",
+                              "--workdir", str(tmp_path), "--output", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())}
+    fp16, today = rows["ivf fp16"], rows["today ivf-flat"]
+    # float16 lists hold what IVF-Flat holds, exactly: the same lists and neighbours at half the index bytes
+    assert fp16["agreement"] == today["agreement"] and 0 < fp16["agreement"] <= 1
+    assert fp16["index_mb"] < 0.6 * today["index_mb"] and fp16["peak_mb"] > 0 and fp16["speedup"] > 0
+    last = capsys.readouterr().out.strip().splitlines()[-1].split()
+    assert last[0::2] == ["ratio", "agreement", "speedup"] and float(last[1]) == pytest.approx(fp16["ratio"], abs=1e-3)

@@ -105,6 +105,33 @@ BAD_DATA: dict[str, tuple[Callable[[Path], None], str]] = {
                                     r"/queries_with_intrinsics\.txt:3: query image 'query/2\.png' not found under "),
     "ground-truth line malformed": (lambda r: edit_line(r / "gt_poses.txt", 2, "query/1.png 1 0 0 0 0 0"),
                                     r"/gt_poses\.txt:2: expected 'name qw qx qy qz tx ty tz' \(8 fields\), got 7"),
+    # issue 14 item 5: impossible cameras, where the camera is read
+    "query camera with a negative focal": (lambda r: edit_line(r / "queries_with_intrinsics.txt", 3, "query/2.png PINHOLE 320 240 -260 260 160 120"),
+                                           r"/queries_with_intrinsics\.txt:3: camera PINHOLE focal length must be positive, got -260 260$"),
+    "query camera with a NaN focal": (lambda r: edit_line(r / "queries_with_intrinsics.txt", 2, "query/1.png SIMPLE_RADIAL 320 240 nan 160 120 0"),
+                                      r"/queries_with_intrinsics\.txt:2: camera SIMPLE_RADIAL has a non-finite parameter: nan 160 120 0$"),
+    "model camera with a zero focal": (lambda r: replace_in(r / "sparse" / "cameras.txt", f"1 {CAM}", "1 PINHOLE 320 240 260 0 160 120"),
+                                       r"/sparse/cameras\.txt:2: camera PINHOLE focal length must be positive, got 260 0$"),
+    # item 7: ground-truth mistakes
+    "ground truth listed twice": (lambda r: (r / "gt_poses.txt").write_text((r / "gt_poses.txt").read_text()
+                                                                             + "query/0.png 1 0 0 0 0 0 0\n"),
+                                  r"/gt_poses\.txt:5: duplicate pose for 'query/0\.png' \(first on line 1\)$"),
+    "ground truth with an infinite translation": (lambda r: edit_line(r / "gt_poses.txt", 2, "query/1.png 1 0 0 0 inf 0 0"),
+                                                  r"/gt_poses\.txt:2: non-finite translation inf 0 0$"),
+    "ground truth naming no query": (lambda r: (r / "gt_poses.txt").write_text(
+                                         (r / "gt_poses.txt").read_text().replace("query/", "queries/")),
+                                     r"/gt_poses\.txt: no ground-truth name matches a query \(e\.g\. 'queries/0\.png'"),
+    # item 11: database pose problems
+    "model image with an infinite translation": (lambda r: edit_line(r / "sparse" / "images.txt", 8, "4 1 0 0 0 0 inf 0 1 db/3.png"),
+                                                 r"/sparse/images\.txt:8: image 'db/3\.png': non-finite translation 0 inf 0$"),
+    "model image with a NaN quaternion": (lambda r: edit_line(r / "sparse" / "images.txt", 8, "4 nan 0 0 0 0 0 0 1 db/3.png"),
+                                          r"/sparse/images\.txt:8: image 'db/3\.png': invalid quaternion nan 0 0 0$"),
+    # items 8 and 13: an empty query list; a space in a query name
+    "empty query list": (lambda r: (r / "queries_with_intrinsics.txt").write_text("# no queries\n"),
+                         r"^: the dataset lists no queries: nothing to localize$"),
+    "query name with a space": (lambda r: edit_line(r / "queries_with_intrinsics.txt", 3, "query/my 2.png PINHOLE 320 240 260 260 160 120"),
+                                r"/queries_with_intrinsics\.txt:3: the name must be one field without spaces, but the camera "
+                                r"model comes after 'query/my 2\.png'$"),
 }
 
 
@@ -169,7 +196,8 @@ def test_bad_configuration_is_one_clean_error_line(fault: str, tmp_path: Path, c
 
 
 def test_corrupt_image_is_named_and_the_extraction_resumes_once_it_is_fixed(data: Path, tmp_path: Path,
-                                                                           caplog: pytest.LogCaptureFixture) -> None:
+                                                                           caplog: pytest.LogCaptureFixture,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     image = data / "images" / "db" / "2.png"
     good = image.read_bytes()
     image.write_bytes(good[: len(good) // 3])  # a truncated download
@@ -181,10 +209,20 @@ def test_corrupt_image_is_named_and_the_extraction_resumes_once_it_is_fixed(data
         FeatureCache(feats)  # the partial cache is kept for resuming, but never read as if complete
     assert not list(out.rglob("map-*")) and not list(out.rglob("submission.txt"))
     image.write_bytes(good)
+    from fuseloc.data import extract
+
+    decoded: list[str] = []
+    read_image = extract.read_image
+
+    def read_and_record(path: Path) -> np.ndarray:
+        decoded.append(Path(path).relative_to(data / "images").as_posix())
+        return read_image(path)
+
+    monkeypatch.setattr(extract, "read_image", read_and_record)
     code, errors = run_main(data_args(data, out), caplog)
     assert code == 0 and not errors
-    assert "kept 2 images, will redo 0" in caplog.text  # db/0 and db/1 were not extracted again
-    assert "extracting rootsift-n2048-r1024-c0.02 for 8 images" in caplog.text
+    # db/0 and db/1, extracted before the corrupt image stopped the run, are not extracted again
+    assert sorted(decoded) == sorted(f"db/{k}.png" for k in range(2, 6)) + [f"query/{k}.png" for k in range(4)]
 
 
 def test_black_query_image_is_a_failed_query_with_a_reason_and_the_run_goes_on(data: Path, tmp_path: Path,

@@ -56,9 +56,11 @@ def test_flat_is_exact_on_arbitrary_queries():
 @pytest.mark.parametrize("config", [
     IndexConfig(kind="ivf", nlist=32, nprobe=32),  # every list visited: exact
     IndexConfig(kind="ivf", nlist=32, nprobe=4),
+    IndexConfig(kind="ivf", nlist=32, nprobe=32, codec="fp32"),  # IVF-Flat, every list: exact
+    IndexConfig(kind="ivf", nlist=32, nprobe=4, codec="8bit"),
     IndexConfig(kind="hnsw", ef_search=128),
     IndexConfig(kind="ivfpq", nlist=16, nprobe=16, pq_m=8, pq_bits=6),
-], ids=["ivf-all-lists", "ivf", "hnsw", "ivfpq"])
+], ids=["ivf-all-lists", "ivf", "ivf-flat-all-lists", "ivf-8bit", "hnsw", "ivfpq"])
 def test_approximate_kinds_find_the_true_neighbour(config):
     points, queries = _data()
     _, idx = _brute_force(points, queries)
@@ -67,7 +69,38 @@ def test_approximate_kinds_find_the_true_neighbour(config):
     result = index.search(queries)
     assert result.indices.shape == (len(queries), 1) and result.indices.dtype == np.int64
     agreement = (result.indices[:, 0] == idx[:, 0]).mean()
+    # Every list visited: float32 and float16 storage give the exact neighbours (float16 is the map's own precision).
     assert agreement >= (1.0 if config.nprobe == config.nlist and config.kind == "ivf" else 0.97), agreement
+
+
+def test_float16_lists_store_a_float16_map_exactly_and_take_half_of_ivf_flat():
+    import faiss
+
+    points, _ = _data()
+    half = points.astype(np.float16)
+    index = MapIndex(half, IndexConfig(kind="ivf", nlist=16))
+    ivf = faiss.extract_index_ivf(index.index)
+    ivf.make_direct_map()
+    # The index is the map's descriptor store: id i decodes to map row i, bit for bit.
+    np.testing.assert_array_equal(ivf.reconstruct_n(0, len(half)).astype(np.float16), half)
+    flat_lists = MapIndex(half, IndexConfig(kind="ivf", nlist=16, codec="fp32"))
+    eight = MapIndex(half, IndexConfig(kind="ivf", nlist=16, codec="8bit"))
+    assert ivf.code_size == 2 * points.shape[1] and faiss.extract_index_ivf(eight.index).code_size == points.shape[1]
+    assert eight.nbytes() < index.nbytes() < flat_lists.nbytes()
+
+
+def test_cached_index_loads_by_digest_without_reading_the_descriptors(tmp_path):
+    from fuseloc.cachekeys import array_digest
+
+    points, queries = _data()
+    config = IndexConfig(kind="ivf", nlist=16, nprobe=16)
+    built = load_or_build_index(points, config, tmp_path, digest=array_digest(points))
+    # Same digest, other (garbage) content of the same shape: the cache answers from the digest alone.
+    garbage = np.full_like(points, np.nan)
+    loaded = load_or_build_index(garbage, config, tmp_path, digest=array_digest(points))
+    assert len(list(tmp_path.iterdir())) == 1
+    np.testing.assert_array_equal(loaded.search(queries).indices, built.search(queries).indices)
+    assert config.build_key(2000, 32) != replace(config, codec="8bit").build_key(2000, 32)
 
 
 def test_auto_is_flat_for_small_maps_and_ivf_above_the_threshold():
@@ -153,8 +186,11 @@ def test_cached_index_of_another_kind_is_rejected_and_rebuilt(tmp_path, caplog):
     MapIndex(points, IndexConfig(kind="ivfpq", nlist=16, pq_m=8, pq_bits=6)).save(cached)  # same name, wrong content
     with caplog.at_level(logging.WARNING, logger="fuseloc.localize.index"):
         index = load_or_build_index(points, ivf, tmp_path)
-    assert "IndexIVFPQ" in caplog.text and "expected a IndexIVFFlat" in caplog.text
-    assert type(MapIndex.read_checked(cached, ivf, len(points), points.shape[1])).__name__ == "IndexIVFFlat"
+    assert "IndexIVFPQ" in caplog.text and "expected a IndexIVFScalarQuantizer" in caplog.text
+    assert type(MapIndex.read_checked(cached, ivf, len(points), points.shape[1])).__name__ == "IndexIVFScalarQuantizer"
+    flat_lists = replace(ivf, codec="fp32")
+    with pytest.raises(ValueError, match="codec fp16"):  # IVF-SQ float16 on disk, IVF-Flat asked for
+        MapIndex.read_checked(cached, flat_lists, len(points), points.shape[1])
     assert index.kind == "ivf"
 
 

@@ -1,11 +1,12 @@
-"""Imports flow one way: data -> models -> localize -> eval -> callbacks (within data: feature_cache -> extractors ->
+"""Imports flow one way: data -> models -> localize -> eval -> service -> callbacks (within data: feature_cache -> extractors ->
 extract); index/pose/metrics never import Lightning."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fuseloc"
-ORDER = ["types", "errors", "io", "cachekeys", "data", "models", "localize", "eval", "callbacks"]
+# service: the HTTP front of a map bundle (fuseloc/service.py), right of eval.
+ORDER = ["types", "errors", "io", "cachekeys", "data", "models", "localize", "eval", "service", "callbacks"]
 # types/errors/io/cachekeys are foundations every layer may use.
 FOUNDATION = {"types", "errors", "io", "cachekeys"}
 # Within data, features flow one way as well: the h5 cache knows no extractor, the extractors know neither the

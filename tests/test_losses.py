@@ -140,11 +140,17 @@ def test_pair_miner_share_and_no_positive_edge_case():
 
 @pytest.mark.parametrize("loss", [losses.NTXentLoss(), losses.ContrastiveLoss(), losses.MultiSimilarityLoss()])
 def test_losses_with_cross_batch_memory(loss):
+    torch.manual_seed(0)
     labels = torch.arange(4).repeat_interleave(2)
     metric = MetricLoss(loss, None, memory_size=32, embedding_size=8)
-    for _ in range(3):
-        emb = torch.nn.functional.normalize(torch.randn(8, 8), dim=1).requires_grad_()
+    batches = [torch.nn.functional.normalize(torch.randn(8, 8), dim=1) for _ in range(3)]
+    for emb in batches:
+        emb = emb.clone().requires_grad_()
         out = metric(emb, labels)
         out.loss.backward()
-        assert torch.isfinite(out.loss)
-    assert int(metric.memory.queue_idx) == 24 or metric.memory.has_been_filled
+        assert torch.isfinite(out.loss) and emb.grad is not None and torch.isfinite(emb.grad).all()
+    # three batches of 8 are queued, the queue (32) is not full yet
+    assert int(metric.memory.queue_idx) == 24 and not metric.memory.has_been_filled
+    # the queued embeddings take part: the last batch's loss is not the loss of that batch alone
+    alone = MetricLoss(loss, None)(batches[-1], labels).loss
+    assert not torch.isclose(out.loss.detach(), alone.detach())

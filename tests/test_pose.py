@@ -46,3 +46,5 @@ def test_same_seed_same_pose():
     a = estimate_absolute_pose(uv, xyz, camera)
     b = estimate_absolute_pose(uv, xyz, camera)
     np.testing.assert_array_equal(a.pose.t, b.pose.t)
+    np.testing.assert_array_equal(a.pose.R, b.pose.R)
+    np.testing.assert_array_equal(a.inliers, b.inliers)

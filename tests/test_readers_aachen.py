@@ -41,14 +41,19 @@ def test_aachen_root_from_environment_variable(aachen, monkeypatch):
         AachenReader("${FUSELOC_DATA}/aachen").load()
 
 
-def test_aachen_night_list_v1_1_name_is_preferred_UNSURE(aachen, tmp_path):
+def test_aachen_night_list_v1_1_name_is_preferred(aachen, tmp_path):
     import shutil
 
     root = tmp_path / "copy"
     shutil.copytree(aachen.root, root)
     night = root / "queries" / "night_time_queries_with_intrinsics.txt"
     night.rename(night.with_name("night_time_queries_with_intrinsics_v1_1.txt"))
+    assert AachenReader(root).load().queries.conditions == ["day", "night"]  # the v1_1 name alone is read
+    # both names present: the v1_1 list is used, not the older one (here one listing no night query)
+    night.write_text("# the v1.0 list\n")
     assert AachenReader(root).load().queries.conditions == ["day", "night"]
+    night.with_name("night_time_queries_with_intrinsics_v1_1.txt").write_text("# an empty v1_1 list\n")
+    assert AachenReader(root).load().queries.conditions == ["day"]
 
 
 def test_aachen_malformed_query_line_names_file_and_line(aachen, tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from fixtures.datasets import make_cmu, run_and_check_submission
@@ -48,11 +50,17 @@ def test_cmu_training_slice_camera_poses_skip_empty_files(cmu):
     data = CMUReader(cmu.root, slices=[7], queries="train", check_images=False)
     with pytest.raises(InputError, match="sparse|ground-truth-database"):
         data.load()  # slice 7 of the fixture has only camera-poses
-    reader = CMUReader(cmu.root, slices=[7], queries="train", check_images=False)
-    validation = reader._camera_poses(cmu.root / "slice7", {"c1": object()}, "urban")
-    (name, truth), = cmu.extra["train"].items()
-    assert validation.names == [name]
-    np.testing.assert_allclose(validation.gt_poses[0].t, truth.t, atol=1e-9)
+
+def test_cmu_training_queries_come_from_camera_poses_skipping_empty_files(cmu, tmp_path):
+    import shutil
+
+    root = Path(shutil.copytree(cmu.root, tmp_path / "cmu"))
+    shutil.copytree(root / "slice2" / "sparse", root / "slice7" / "sparse")  # a map for slice 7
+    queries = CMUReader(root, slices=[7], queries="train", check_images=False).load().queries
+    (name, truth), = cmu.extra["train"].items()  # x.txt's one line; empty.txt adds nothing and is no error
+    assert queries.names == [name] and queries.conditions == ["urban"]
+    np.testing.assert_allclose(queries.gt_poses[0].t, truth.t, atol=1e-9)
+    np.testing.assert_allclose(queries.gt_poses[0].R, truth.R, atol=1e-9)
 
 
 def test_cmu_centre_pose_line_round_trip(tmp_path):

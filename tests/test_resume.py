@@ -6,10 +6,10 @@ Runs ``python evaluate.py`` in subprocesses on the tiny rendered dataset of :mod
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -40,20 +40,14 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
-def kill_when(cmd: list[str], ready, log: Path, timeout: float = 90.0) -> str:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true (polled every 10 ms); returns its stderr."""
+def killed_run(cmd: list[str], log: Path, **kill_at: int) -> str:
+    """Run ``cmd`` under tests/fixtures/killed_evaluate.py, which SIGKILLs itself at the step ``kill_at`` names
+    (``FUSELOC_KILL_AT_IMAGE``, ``FUSELOC_KILL_AFTER_PREDICTIONS``); returns its stderr."""
+    env = {**os.environ, **{f"FUSELOC_{k.upper()}": str(v) for k, v in kill_at.items()}}
+    cmd = [cmd[0], str(REPO / "tests" / "fixtures" / "killed_evaluate.py"), *cmd[2:]]
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + timeout
-            while not ready():
-                assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill point: {log.read_text()[-2000:]}"
-                assert time.monotonic() < deadline, "kill point not reached"
-                time.sleep(0.01)
-            proc.send_signal(signal.SIGKILL)
-        finally:
-            proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+        result = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, env=env, timeout=120)
+    assert result.returncode == -signal.SIGKILL, f"not killed at {kill_at} (rc {result.returncode}): {log.read_text()[-2000:]}"
     return log.read_text()
 
 
@@ -101,18 +95,17 @@ def test_run_killed_twice_then_finished_gives_exactly_the_uninterrupted_result(r
     feats = out / "custom" / "cache" / "feats-rootsift-n2048-r1024-c0.02.h5"
     log = out / "custom" / METHOD / "predictions.jsonl"
 
-    # 1. Killed once a few images are flushed, so the kill lands mid-extraction with work worth keeping.
-    kill_when(evaluate_cmd(root, out), lambda: feats.is_file() and feats.stat().st_size > 600_000, tmp_path / "run1.log")
+    # 1. Killed before the 5th image's features are written: four are flushed, worth keeping.
+    killed_run(evaluate_cmd(root, out), tmp_path / "run1.log", kill_at_image=5)
     with pytest.raises(InputError, match="interrupted run"):
         FeatureCache(feats)  # what the kill left is never trusted as it is
     assert not (out / "custom" / METHOD).exists()
 
-    # 2. Resumes the extraction, then is killed between two queries.
-    stderr = kill_when(evaluate_cmd(root, out, script="tests/fixtures/slow_evaluate.py"), lambda: count_lines(log) >= 1,
-                       tmp_path / "run2.log")
-    assert "was left by an interrupted run: kept" in stderr
+    # 2. Resumes the extraction (the 4 flushed images are kept), then is killed after the 2nd of 4 queries.
+    stderr = killed_run(evaluate_cmd(root, out), tmp_path / "run2.log", kill_after_predictions=2)
+    assert "was left by an interrupted run: kept 4 images" in stderr
     done = count_lines(log)
-    assert 1 <= done < 4, f"killed after {done} of 4 queries: not mid-run"
+    assert done == 2
     assert not (log.parent / "submission.txt").exists()  # written only once every query is in
     with open(log, "a") as f:  # as a kill in the middle of a line leaves it: dropped, neither trusted nor fatal
         f.write('{"name": "query/3.png", "qvec": [0.99')

@@ -31,11 +31,13 @@ def toy_datamodule(out: Path, **kwargs) -> FuseLocDataModule:
                              confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=4), **kwargs)
 
 
-def test_fast_dev_run_logs_loss_and_localization_metrics(tmp_path):
+def test_fast_dev_run_logs_loss_and_localization_metrics(tmp_path, monkeypatch):
     dm = toy_datamodule(tmp_path)
     model = FuseLocModule(LearnedFusion(dm.local_dim, dm.global_dim))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     trainer = pl.Trainer(accelerator="cpu", fast_dev_run=True, callbacks=[LocalizationValidation(), FusionHistograms()],
-                         enable_progress_bar=False, enable_model_summary=False)
+                         default_root_dir=tmp_path / "runs", enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, dm)
     metrics = trainer.callback_metrics
     assert torch.isfinite(metrics["train/loss"]) and torch.isfinite(metrics["val/loss"])
@@ -47,7 +49,8 @@ def test_fast_dev_run_logs_loss_and_localization_metrics(tmp_path):
     # Held-out images are out of the training map.
     assert not set(dm.validation_set.queries.names) & set(dm.validation_set.scene.image_names)
     assert model.fusion.is_fitted
-    assert not (Path.cwd() / "validation").exists()  # no run directory under fast_dev_run: nothing written
+    # no run directory under fast_dev_run: nothing written where a run would go, nor in the working directory
+    assert not (tmp_path / "runs").exists() and not any((tmp_path / "cwd").iterdir())
 
 
 def test_checkpoint_evaluates_next_to_fixed_fusions(tmp_path):
@@ -143,3 +146,56 @@ def test_ddp_two_processes_give_the_single_process_validation(tmp_path):
     assert set(metrics) == set(ddp["metrics"]) and "val/toy/all/recall_0.25m_2deg" in metrics
     for key, value in metrics.items():
         assert ddp["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
+def _resumable_config(tmp_path: Path, out: Path) -> Path:
+    """The toy run with base.yaml's logger (save_dir left at its default) and a learning rate that moves weights."""
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(f"""
+trainer:
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{save_last: true, filename: "latest-{{epoch:02d}}"}}
+model:
+  lr: 0.01
+data:
+  reader:
+    class_path: fixtures.toy_training.ToyReader
+    init_args: {{root: {out / 'toy' / 'cache'}}}
+  local_features: {{class_path: fixtures.toy_training.ToyExtractor}}
+  global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
+  output_dir: {out}
+  holdout_every: 2
+  confuser_min_distance: 2.0
+  batches: {{points_per_batch: 16, batches_per_epoch: 2}}
+""")
+    return path
+
+
+def test_ckpt_path_last_resumes_the_latest_run_under_the_output_dir_and_ends_with_the_same_weights(tmp_path, monkeypatch):
+    """Issue 14 item 6: --ckpt_path last found nothing (each run got a new version folder), runs landed in
+    ./outputs/train whatever data.output_dir said, and a resumed run redrew epoch 0's batches."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(REPO / "tests"))
+    train_script = load_script("train")
+
+    def fit(out: Path, epochs: int, *extra: str) -> None:
+        train_script.cli_main(["fit", "--config", str(_resumable_config(tmp_path, out)), "--trainer.max_epochs",
+                               str(epochs), "--trainer.enable_model_summary", "false", *extra])
+
+    fit(tmp_path / "straight", 2)
+    fit(tmp_path / "resumed", 1)  # as if killed after the first epoch's checkpoint
+    runs = tmp_path / "resumed" / "train" / "town"
+    after_first = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    fit(tmp_path / "resumed", 2, "--ckpt_path", "last")
+    assert not (tmp_path / "outputs").exists()  # nothing under the working directory
+    assert [p.name for p in runs.iterdir()] == ["version_0"]  # the run went on in its own folder
+    straight = torch.load(tmp_path / "straight" / "train" / "town" / "version_0" / "checkpoints" / "last.ckpt",
+                          weights_only=False)
+    resumed = torch.load(runs / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert straight["epoch"] == resumed["epoch"] == 1 and straight["global_step"] == resumed["global_step"]
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=0, msg=name)
+    assert after_first["epoch"] == 0  # the second epoch was trained, not skipped or loaded
+    assert any(not torch.equal(after_first["state_dict"][n], v) for n, v in straight["state_dict"].items())

@@ -9,7 +9,7 @@ separate; uniform sampling would almost never put both in one batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -171,6 +171,9 @@ class CorrespondenceBatches(torch.utils.data.IterableDataset):
         self.confusers = confusers
         self.config = config
         self.epoch = 0
+        #: the training epoch under way (the trainer's), so that a run resumed from a checkpoint draws the batches
+        #: an uninterrupted run draws; None: count iterations from 0
+        self.epoch_source: Callable[[], int | None] | None = None
         counts = corr.observations_per_point()
         self.anchor_points = np.flatnonzero(counts >= 2)
         if len(self.anchor_points) == 0:
@@ -183,8 +186,10 @@ class CorrespondenceBatches(torch.utils.data.IterableDataset):
 
     def __iter__(self):  # noqa: ANN204
         rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-        rng = np.random.default_rng([self.config.seed, self.epoch, rank])
-        self.epoch += 1
+        epoch = self.epoch_source() if self.epoch_source is not None else None
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.config.seed, epoch, rank])
+        self.epoch = epoch + 1
         for _ in range(self.config.batches_per_epoch):
             yield self.sample(rng)
 

@@ -221,9 +221,14 @@ class FuseLocDataModule(pl.LightningDataModule):
         self.validation_set = ValidationSet(scene, features, val_queries, data.spec, source, self.correspondences)
         logger.info("validation on %d %s queries of %s", len(val_queries), source, data.spec.name)
         self._train = CorrespondenceBatches(self.correspondences, self.confusers, self.batches)
+        self._train.epoch_source = self._trainer_epoch
         # A fixed set, identical in every process (Lightning shards it under DDP).
         rng = np.random.default_rng([self.batches.seed, 1_000_003])
         self._val_batches = [self._train.sample(rng) for _ in range(self.val_loss_batches)]
+
+    def _trainer_epoch(self) -> int | None:
+        """The epoch the trainer is in (restored from the checkpoint on a resumed run); None without a trainer."""
+        return None if self.trainer is None else int(self.trainer.current_epoch)
 
     def fit_fusion(self, fusion) -> None:  # noqa: ANN001 (a fuseloc.models.fusion.Fusion)
         """Data-driven initialisation of a fusion (PCA) from the training images' global descriptors."""

@@ -27,19 +27,53 @@ from fuseloc.data.feature_cache import (
     write_state,
 )
 from fuseloc.errors import InputError
+from fuseloc.types import Camera
 
 logger = logging.getLogger(__name__)
 
 
+#: cv2 decoding flags of every image fuseloc reads: colour, and the pixels as stored, WITHOUT the rotation an
+#: EXIF Orientation tag asks for (COLMAP and hloc decode the same way, and intrinsics describe the stored pixels)
+IMAGE_READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as RGB uint8 (H, W, 3), with a clear error for missing or unreadable files."""
+    """Read an image as RGB uint8 (H, W, 3) as stored, ignoring EXIF orientation (:data:`IMAGE_READ_FLAGS`),
+    with a clear error for missing or undecodable files and a warning for a JPEG cut short."""
     path = Path(path)
     if not path.is_file():
         raise InputError("image not found", path)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), IMAGE_READ_FLAGS)
     if image is None:
         raise InputError("cannot decode image (corrupt or unsupported format)", path)
+    if is_truncated_jpeg(path):
+        logger.warning("%s: JPEG file is truncated (no end-of-image marker); using the part that decodes", path)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def is_truncated_jpeg(path: str | Path) -> bool:
+    """Whether ``path`` is a JPEG without its end-of-image marker (FF D9) near its end: a cut download, which
+    libjpeg decodes as far as it goes and pads grey."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(max(f.seek(0, 2) - 64, 2))
+        return b"\xff\xd9" not in f.read()
+
+
+def check_image_size(path: str | Path, image_size: tuple[int, int], camera: Camera) -> None:
+    """A one-line InputError naming the image ``path`` and both sizes when its decoded ``(width, height)`` is not
+    its camera's: intrinsics for another resolution would give a confident wrong pose. No rescaling is guessed,
+    even at the same aspect ratio: which side is wrong (a resized image, intrinsics of a resized copy) is the
+    user's to say."""
+    width, height = int(image_size[0]), int(image_size[1])
+    if (width, height) == (camera.width, camera.height):
+        return
+    hint = ""
+    if abs(width * camera.height - height * camera.width) <= max(width, height):
+        hint = (f" (same aspect ratio: scale the intrinsics by {width / camera.width:.4g}, or use the image they "
+                "were calibrated for)")
+    raise InputError(f"image is {width}x{height} pixels but its camera says {camera.width}x{camera.height}{hint}", path)
 
 
 def extract_local_features(

@@ -283,6 +283,20 @@ class FeatureCache:
             raise InputError("no global feature file configured")
         return read_global(self._global, name, self.global_path)
 
+    def sources(self, name: str) -> list[str | None]:
+        """The source stamps recorded with ``name``'s local and global features (what they were computed from:
+        the image file's stamp); None where a file records none (hloc's files, keyed by their own stamp)."""
+        handles = [self._local] if self._global is None else [self._local, self._global]
+        return [str(h[name].attrs["source"]) if name in h and "source" in h[name].attrs else None for h in handles]
+
+    def image_size(self, name: str) -> tuple[int, int] | None:
+        """(width, height) of the image ``name``'s local features were extracted from; None when not recorded."""
+        group = self._local.get(name)
+        if group is None or "image_size" not in group:
+            return None
+        width, height = (int(v) for v in np.asarray(group["image_size"]).reshape(-1)[:2])
+        return (width, height) if width > 0 and height > 0 else None
+
     def global_descriptors(self, names: Iterable[str]) -> np.ndarray:
         return np.stack([self.global_descriptor(n) for n in names])
 

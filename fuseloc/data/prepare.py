@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fuseloc.cachekeys import file_stamp, key_of, keyed_name, read_keyed
-from fuseloc.data.extract import extract_global_features, extract_local_features
+from fuseloc.data.extract import check_image_size, extract_global_features, extract_local_features
 from fuseloc.data.extractors.base import GlobalExtractor, LocalExtractor
 from fuseloc.data.feature_cache import FeatureCache, check_feature_file
 from fuseloc.data.readers.base import LocalizationData
@@ -105,7 +105,26 @@ def prepare_features(
                                                   image_root=image_root, local_path=local_path,
                                                   train_names=data.scene.image_names, progress=progress)
     logger.info("features ready in %.1f s (%s, %s)", time.perf_counter() - t0, local_path.name, global_path.name)
-    return PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag, database_key)
+    cache = FeatureCache(local_path, global_path)
+    try:
+        check_image_sizes(data, cache)
+    except InputError:
+        cache.close()
+        raise
+    return PreparedFeatures(cache, local_tag, global_tag, database_key)
+
+
+def check_image_sizes(data: LocalizationData, cache: FeatureCache) -> None:
+    """Every database and query image's size, as its local features record it, is its camera's
+    (:func:`~fuseloc.data.extract.check_image_size`); images whose features record no size (some hloc files)
+    are not checked."""
+    sets = [(data.scene.image_names, data.scene.image_cameras, data.scene.image_root),
+            (data.queries.names, data.queries.cameras, data.queries.image_root or data.scene.image_root)]
+    for names, cameras, root in sets:
+        for name, camera in zip(names, cameras, strict=True):
+            size = cache.image_size(name)
+            if size is not None:
+                check_image_size(name if root is None else Path(root) / name, size, camera)
 
 
 #: random local descriptors a local-feature aggregator is fitted on and run over to measure its output size

@@ -27,7 +27,15 @@ def query_key(queries: QuerySet) -> str:
     return key_of([queries.names, [c.to_tokens() for c in queries.cameras]])
 
 
+def query_sources(queries: QuerySet, features: PreparedFeatures) -> dict[str, str]:
+    """Per query, the key of what its prediction is computed from beyond the run's shared inputs: the stamps its
+    local and global features record of the image (a corrected image with the same name gets another key)."""
+    return {name: key_of(features.cache.sources(name)) for name in queries.names}
+
+
 def map_inputs(scene: Scene, features: PreparedFeatures) -> dict:
     """What any map of ``scene`` is built from (features and scene content): the shared part of map cache keys."""
     return {"local": features.local_tag, "global": features.global_tag, "points": scene.num_points,
-            "obs": len(scene.obs_point), "images": key_of(scene.image_names), "scene": scene_key(scene)}
+            "obs": len(scene.obs_point), "images": key_of(scene.image_names), "scene": scene_key(scene),
+            # the database images' content: a replaced image changes its features, so the map
+            "content": features.database_key}

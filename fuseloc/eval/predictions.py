@@ -21,11 +21,11 @@ def record_to_result(record: dict) -> PoseResult:
                       int(record["num_inliers"]), record.get("reason", ""), dict(record.get("timings", {})))
 
 
-def read_predictions(path: Path) -> dict[str, PoseResult]:
-    """Read a JSON-lines prediction log; a torn last line (killed mid-write) is ignored."""
-    results: dict[str, PoseResult] = {}
+def read_records(path: Path) -> dict[str, dict]:
+    """The JSON records of a prediction log by query name; a torn last line (killed mid-write) is ignored."""
+    records: dict[str, dict] = {}
     if not path.is_file():
-        return results
+        return records
     with open(path) as f:
         for line in f:
             if not line.endswith("\n"):
@@ -34,25 +34,37 @@ def read_predictions(path: Path) -> dict[str, PoseResult]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 break
-            results[record["name"]] = record_to_result(record)
-    return results
+            records[record["name"]] = record
+    return records
+
+
+def read_predictions(path: Path) -> dict[str, PoseResult]:
+    """Read a JSON-lines prediction log; a torn last line (killed mid-write) is ignored."""
+    return {name: record_to_result(record) for name, record in read_records(path).items()}
 
 
 class PredictionLog:
-    """Append-only JSON-lines log of per-query results; each line is flushed and fsynced."""
+    """Append-only JSON-lines log of per-query results; each line is flushed and fsynced.
 
-    def __init__(self, path: Path):
+    Each record may carry ``source``, the key of what that query's result was computed from
+    (:func:`fuseloc.eval.keys.query_sources`); records named in ``drop`` (stale ones) are removed on opening.
+    """
+
+    def __init__(self, path: Path, drop: set[str] | frozenset[str] = frozenset()):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_file():
-            # Drop a torn last line so appends start on a clean line.
-            valid = read_predictions(path)
-            text = "".join(json.dumps(result_to_record(n, r)) + "\n" for n, r in valid.items())
+            # Drop a torn last line (and stale records) so appends start on a clean line.
+            valid = read_records(path)
+            text = "".join(json.dumps(r) + "\n" for n, r in valid.items() if n not in drop)
             write_text_atomic(path, text)
         self._file = open(path, "a")
 
-    def __call__(self, name: str, result: PoseResult) -> None:
-        self._file.write(json.dumps(result_to_record(name, result)) + "\n")
+    def __call__(self, name: str, result: PoseResult, source: str | None = None) -> None:
+        record = result_to_record(name, result)
+        if source is not None:
+            record["source"] = source
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import torch
 
+from fuseloc.cachekeys import array_digest
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.observations import ImageObservations, iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
@@ -48,6 +49,12 @@ class FusedMap:
         fusion_args: its constructor arguments.
         fusion_state: its state dict (projection, weights) as numpy arrays.
         config: how the map was built (feature tags, association), for cache checks.
+        descriptors_digest: :func:`~fuseloc.cachekeys.array_digest` of ``descriptors`` as saved (recorded in the
+            file), or None (computed when asked). It keys the map's search index, so a cached index loads without
+            reading the descriptors.
+
+    A loaded map memory-maps ``descriptors`` from its file (read-only): once the search index holds them, which
+    localization searches, they are never read, so the map's descriptors are not held twice.
     """
 
     points_xyz: np.ndarray
@@ -60,6 +67,13 @@ class FusedMap:
     fusion_args: dict
     fusion_state: dict[str, np.ndarray]
     config: dict = field(default_factory=dict)
+    descriptors_digest: str | None = None
+
+    def descriptor_digest(self) -> str:
+        """The digest of ``descriptors`` (the recorded one when the map was loaded from a file)."""
+        if self.descriptors_digest is None:
+            self.descriptors_digest = array_digest(self.descriptors)
+        return self.descriptors_digest
 
     @property
     def num_points(self) -> int:
@@ -83,8 +97,9 @@ class FusedMap:
                 f.attrs["config"] = json.dumps(self.config, sort_keys=True)
                 f.attrs["fusion_class"] = self.fusion_class
                 f.attrs["fusion_args"] = json.dumps(self.fusion_args)
+                f.attrs["descriptors_digest"] = self.descriptor_digest()
                 f.create_dataset("points_xyz", data=self.points_xyz)
-                f.create_dataset("descriptors", data=self.descriptors)
+                f.create_dataset("descriptors", data=self.descriptors)  # contiguous: load memory-maps it
                 f.create_dataset("db_names", data=np.array(self.db_names, dtype=h5py.string_dtype()))
                 f.create_dataset("db_global", data=self.db_global)
                 f.create_dataset("db_R_cam_from_world", data=self.db_R_cam_from_world)
@@ -108,7 +123,7 @@ class FusedMap:
                     raise InputError(f"map format version {version}, this fuseloc reads {MAP_FORMAT_VERSION}; rebuild the map", path)
                 return cls(
                     points_xyz=f["points_xyz"][()],
-                    descriptors=f["descriptors"][()],
+                    descriptors=_map_descriptors(f["descriptors"], path),
                     db_names=[n.decode() if isinstance(n, bytes) else n for n in f["db_names"][()]],
                     db_global=f["db_global"][()],
                     db_R_cam_from_world=f["db_R_cam_from_world"][()],
@@ -117,9 +132,19 @@ class FusedMap:
                     fusion_args=json.loads(f.attrs["fusion_args"]),
                     fusion_state={k: v[()] for k, v in f["fusion_state"].items()},
                     config=json.loads(f.attrs["config"]),
+                    descriptors_digest=str(f.attrs["descriptors_digest"]) if "descriptors_digest" in f.attrs else None,
                 )
         except OSError as exc:
             raise InputError(f"cannot read map file ({exc})", path) from None
+
+
+def _map_descriptors(dataset: h5py.Dataset, path: Path) -> np.ndarray:
+    """The descriptors dataset memory-mapped read-only (h5py stores an uncompressed, unchunked dataset as one
+    contiguous block); read into memory when it is stored otherwise (a file written by other tools)."""
+    offset = dataset.id.get_offset()
+    if offset is None or dataset.chunks is not None or dataset.compression is not None or dataset.size == 0:
+        return dataset[()]
+    return np.memmap(path, dtype=dataset.dtype, mode="r", offset=offset, shape=dataset.shape)
 
 
 @torch.no_grad()

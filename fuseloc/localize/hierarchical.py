@@ -20,7 +20,7 @@ from fuseloc.data.observations import associate_image, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
 from fuseloc.localize.pipeline import solve_pose
-from fuseloc.localize.pose import PnPConfig
+from fuseloc.localize.pose import PnPConfig, check_query_settings
 from fuseloc.models.fusion import to_numpy
 from fuseloc.types import Camera, Pose, PoseResult
 
@@ -43,6 +43,12 @@ class HierarchicalConfig:
     ratio_threshold: float = 1.0
     min_inliers: int = 12
     pnp: PnPConfig = field(default_factory=PnPConfig)
+
+    def __post_init__(self) -> None:
+        # checked when the configuration is made, before any feature or map is built
+        if self.top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {self.top_k}")
+        check_query_settings(self.min_inliers, self.ratio_threshold)
 
 
 @dataclass

@@ -5,8 +5,14 @@ costs Q x P x D multiply-adds per query image, fine for small maps; from about t
 inverted file (IVF) that scans a few lists per keypoint instead of every point is much faster at near-exact
 agreement, and on an Aachen-sized map (1.6M points) flat search is out of the question.
 
-Maps store float16 descriptors; every index here is built from float32 copies, because faiss' float16 storage
-(the scalar quantizer) skips BLAS and searches several times slower than float32 flat search.
+Maps store float16 descriptors, and the default IVF index stores them as float16 too (faiss' scalar-quantised
+inverted lists, ``codec="fp16"``): the index is then the map's descriptor store, half the bytes of IVF-Flat, and
+no slower to scan (lists are scanned vector by vector either way; on a 1.6M x 128-D map it searched 0.8x the
+time of IVF-Flat, ``benchmarks/bench_memory.py``). ``codec="8bit"`` halves it again at a small loss of
+agreement; ``codec="fp32"`` is IVF-Flat. Exact (flat) search keeps float32: faiss'
+float16 flat index skips BLAS and searched 1.2-2.3x slower on 5k-10k point maps at 128-512-D (the only maps
+that get a flat index), which hold at most a few tens of MB. Descriptors are widened to float32 in chunks,
+never as one full copy.
 
 Building an IVF index over a large map takes a minute or more, so :func:`load_or_build_index` keeps built
 indexes on disk, keyed by the descriptors' digest and the build settings (search-time knobs such as ``nprobe``
@@ -30,22 +36,33 @@ from fuseloc.io import atomic_path
 logger = logging.getLogger(__name__)
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]
+Codec = Literal["fp16", "8bit", "fp32"]
 
 #: :class:`IndexConfig` fields that shape the built index, per kind (the cache key; ``auto`` values resolved).
 BUILD_FIELDS = {
     "flat": (),
     "hnsw": ("hnsw_m", "ef_construction"),
-    "ivf": ("train_points_per_list", "seed"),
+    "ivf": ("train_points_per_list", "seed", "codec"),
     "ivfpq": ("train_points_per_list", "seed", "pq_m", "pq_bits"),
 }
 
 #: Part of every cache key: bump it when a fixed build choice below changes (k-means iterations, the two-level
 #: switch at 1024 lists, the quantizer graph's degree 32 and construction beam 80, the sample sizes).
-INDEX_CACHE_VERSION = 1
+#: 2: IVF lists store ``codec``-coded vectors (float16 by default).
+INDEX_CACHE_VERSION = 2
+
+#: Rows widened to float32 at a time when adding a float16 map to an index (bounds the transient copy).
+ADD_CHUNK_ROWS = 65536
 
 #: The graph over IVF list centres: degree and construction beam (fixed: they hardly matter for 16k centres).
 QUANTIZER_HNSW_M = 32
 QUANTIZER_EF_CONSTRUCTION = 80
+
+
+def _sq_types() -> dict[str, int]:
+    import faiss
+
+    return {"fp16": faiss.ScalarQuantizer.QT_fp16, "8bit": faiss.ScalarQuantizer.QT_8bit}
 
 
 @dataclass(frozen=True)
@@ -53,9 +70,14 @@ class IndexConfig:
     """How map descriptors are indexed.
 
     Attributes:
-        kind: ``flat`` (exact), ``ivf`` (IVF-Flat: exact distances within the ``nprobe`` nearest lists),
-            ``hnsw`` (graph), ``ivfpq`` (IVF with product-quantised codes: smallest, least exact), or ``auto``:
-            flat up to ``flat_max_points`` points, IVF-Flat above.
+        kind: ``flat`` (exact), ``ivf`` (inverted file: distances to the vectors of the ``nprobe`` nearest
+            lists, stored as ``codec`` says), ``hnsw`` (graph), ``ivfpq`` (IVF with product-quantised codes:
+            smallest, least exact), or ``auto``: flat up to ``flat_max_points`` points, IVF above.
+        codec: how ``ivf`` lists store the vectors: ``fp16`` (faiss' float16 scalar quantizer: a float16 map
+            exactly, so the index is the map's descriptor store), ``8bit`` (8 bits per dimension over the
+            trained range of each dimension, coding the residual to the list centre: half of fp16, slightly
+            less exact) or ``fp32`` (IVF-Flat). Exact ``flat`` search always stores float32 (see the module
+            note).
         flat_max_points: the ``auto`` switch point.
         nlist: IVF lists; 0 picks the power of two nearest to 16·sqrt(P), at most P/39.
         nprobe: IVF lists visited per query keypoint; 0 picks max(16, sqrt(nlist)/2), 64 of 16384 lists on an
@@ -74,6 +96,7 @@ class IndexConfig:
     """
 
     kind: IndexKind = "auto"
+    codec: Codec = "fp16"
     # Below about ten thousand points exact search costs little; above, IVF keeps the recall at a fraction of the
     # search time (benchmarks/bench_localization.py and bench_index_scale.py print the agreement and speed-up).
     flat_max_points: int = 10_000
@@ -199,6 +222,12 @@ def train_coarse_centroids(sample: np.ndarray, nlist: int, niter: int = 10, seed
     costs minutes (16384 lists at 128-D: about 27 TFLOP), so the sample is first split into sqrt(nlist) groups
     and each group gets k-means with its proportional share of the lists: about sqrt(nlist) times cheaper, and
     the lists only need to partition the space roughly evenly.
+
+    faiss ships the same scheme (``faiss.contrib.clustering.two_level_clustering``); it measured worse here:
+    on 400k clustered 128-D points into 4096 lists it trained in 100 s against 25 s (2 cores, partly shared; its second level runs a
+    fixed 25 k-means iterations, which cannot be lowered without also changing the first level's) at no better
+    lists (agreement with exact search 0.994/0.995/0.997 against 0.995/0.997/0.998 at nprobe 16/32/64,
+    imbalance 1.20 against 1.19), so this one stays.
     """
     sample = np.ascontiguousarray(sample, np.float32)
     if len(sample) < nlist:
@@ -219,27 +248,69 @@ def train_coarse_centroids(sample: np.ndarray, nlist: int, niter: int = 10, seed
     return np.vstack(centres).astype(np.float32)
 
 
+def expected_faiss_class(kind: str, codec: str = "fp16"):  # noqa: ANN201 (a faiss class)
+    """The faiss class :class:`MapIndex` builds for ``kind`` (resolved) and ``codec``."""
+    import faiss
+
+    if kind == "ivf":
+        return faiss.IndexIVFFlat if codec == "fp32" else faiss.IndexIVFScalarQuantizer
+    return {"flat": faiss.IndexFlatL2, "hnsw": faiss.IndexHNSWFlat, "ivfpq": faiss.IndexIVFPQ}[kind]
+
+
+def _codec_of(index) -> str | None:  # noqa: ANN001 (faiss index)
+    """The codec of an IVF index as :class:`IndexConfig` names it; None for the other kinds."""
+    import faiss
+
+    if isinstance(index, faiss.IndexIVFFlat):
+        return "fp32"
+    if isinstance(index, faiss.IndexIVFScalarQuantizer):
+        return {v: k for k, v in _sq_types().items()}.get(index.sq.qtype, f"qtype {index.sq.qtype}")
+    return None
+
+
+def _training_sample(descriptors: np.ndarray, config: IndexConfig, kind: str, nlist: int) -> np.ndarray | None:
+    """float32 rows to train an IVF index on (None for the kinds without training): all rows of a small map, else
+    a seeded sample of ``train_points_per_list`` per list, read row by row (a memory-mapped map stays on disk)."""
+    if kind not in ("ivf", "ivfpq"):
+        return None
+    limit = nlist * max(config.train_points_per_list, 39)
+    if kind == "ivfpq":
+        limit = max(limit, 39 * 2**config.pq_bits)  # each sub-quantiser's k-means needs its own sample
+    if len(descriptors) <= limit:
+        return np.ascontiguousarray(descriptors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(config.seed).choice(len(descriptors), limit, replace=False))
+    return np.ascontiguousarray(descriptors[rows], dtype=np.float32)
+
+
 class MapIndex:
     """A faiss index over (P, D) descriptors, with the configuration it was built with.
 
     Args:
-        descriptors: (P, D) map descriptors, any float dtype (widened to float32 once, here).
+        descriptors: (P, D) map descriptors, any float dtype, in memory or memory-mapped (read in chunks and
+            widened to float32 chunk by chunk; the index keeps its own copy in its storage format, so the caller
+            need not keep them). Row ``i`` is id ``i``: a search result indexes the map's points directly.
         config: index kind and parameters.
     """
 
     def __init__(self, descriptors: np.ndarray, config: IndexConfig = IndexConfig()):
         check_gpu_request(config)  # before training: an IVF build on a large map takes minutes
-        data = np.ascontiguousarray(descriptors, dtype=np.float32)
-        num_points, dim = data.shape
+        if descriptors.ndim != 2:
+            raise ValueError(f"descriptors must be (P, D), got shape {descriptors.shape}")
+        num_points, dim = descriptors.shape
         kind = config.resolved_kind(num_points)
-        self._attach(self._trained_cpu_index(data, config, kind, config.resolved_nlist(num_points)), config, num_points, dim)
+        nlist = config.resolved_nlist(num_points)
+        sample = _training_sample(descriptors, config, kind, nlist)
+        self._attach(self._trained_cpu_index(sample, dim, config, kind, nlist), config, num_points, dim)
+        del sample
         # Adding after the move to the GPU lets the GPU assign points to lists, and keeps one copy of the data.
         quantizer = self._hnsw_quantizer()
         if quantizer is not None:
             # A point goes to its one nearest list, which a narrow beam finds; the search beam is sized for
             # nprobe lists and would only slow the adding down.
             quantizer.hnsw.efSearch = 16
-        self.index.add(data)
+        # Chunks: a float16 (or memory-mapped) map is never widened whole; ids are the map rows.
+        for start in range(0, num_points, ADD_CHUNK_ROWS):
+            self.index.add(np.ascontiguousarray(descriptors[start : start + ADD_CHUNK_ROWS], dtype=np.float32))
         self._set_search_params()
 
     def _hnsw_quantizer(self):  # noqa: ANN202 (faiss index or None)
@@ -251,42 +322,38 @@ class MapIndex:
         return quantizer if isinstance(quantizer, faiss.IndexHNSW) else None
 
     @staticmethod
-    def _trained_cpu_index(data: np.ndarray, config: IndexConfig, kind: str, nlist: int):  # noqa: ANN205 (faiss index)
-        """An empty CPU index of ``kind``, trained on a sample of ``data`` where the kind needs training."""
+    def _trained_cpu_index(sample: np.ndarray | None, dim: int, config: IndexConfig, kind: str, nlist: int):  # noqa: ANN205 (faiss index)
+        """An empty CPU index of ``kind``, trained on ``sample`` (float32 rows of the map) where the kind needs it."""
         import faiss
 
-        dim = data.shape[1]
         if kind == "flat":
-            index = faiss.IndexFlatL2(dim)
-        elif kind == "hnsw":
+            return faiss.IndexFlatL2(dim)
+        if kind == "hnsw":
             index = faiss.IndexHNSWFlat(dim, config.hnsw_m)
             index.hnsw.efConstruction = config.ef_construction
-        elif kind in ("ivf", "ivfpq"):
-            if config.resolved_quantizer(nlist) == "hnsw":
-                quantizer = faiss.IndexHNSWFlat(dim, QUANTIZER_HNSW_M)
-                quantizer.hnsw.efConstruction = QUANTIZER_EF_CONSTRUCTION
-            else:
-                quantizer = faiss.IndexFlatL2(dim)
-            if kind == "ivf":
-                index = faiss.IndexIVFFlat(quantizer, dim, nlist)
-            else:
-                pq_m = config.pq_m or max(1, dim // 8)
-                if dim % pq_m:
-                    raise ValueError(f"pq_m={pq_m} must divide the descriptor dimension {dim}")
-                index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, config.pq_bits)
-            per_list = max(config.train_points_per_list, 39)
-            limit = nlist * per_list
-            if kind == "ivfpq":
-                limit = max(limit, 39 * 2**config.pq_bits)  # each sub-quantiser's k-means needs its own sample
-            sample = data
-            if len(data) > limit:
-                rng = np.random.default_rng(config.seed)
-                sample = data[np.sort(rng.choice(len(data), limit, replace=False))]
-            # 10 k-means iterations on a bounded sample: the lists only need to be roughly balanced.
-            quantizer.add(train_coarse_centroids(sample, nlist, niter=10, seed=config.seed))
-            index.train(sample)  # faiss keeps the given centres; IVF-PQ trains its codebooks here
-        else:
+            return index
+        if kind not in ("ivf", "ivfpq"):
             raise ValueError(f"unknown index kind {kind!r} (auto, flat, ivf, hnsw, ivfpq)")
+        if config.resolved_quantizer(nlist) == "hnsw":
+            quantizer = faiss.IndexHNSWFlat(dim, QUANTIZER_HNSW_M)
+            quantizer.hnsw.efConstruction = QUANTIZER_EF_CONSTRUCTION
+        else:
+            quantizer = faiss.IndexFlatL2(dim)
+        if kind == "ivf" and config.codec == "fp32":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist)
+        elif kind == "ivf":
+            # float16 codes the vectors themselves (lossless for a float16 map); 8 bits code the residual to the
+            # list centre, whose per-dimension range is much narrower than the vectors'.
+            index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, _sq_types()[config.codec], faiss.METRIC_L2,
+                                                  config.codec == "8bit")
+        else:
+            pq_m = config.pq_m or max(1, dim // 8)
+            if dim % pq_m:
+                raise ValueError(f"pq_m={pq_m} must divide the descriptor dimension {dim}")
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, config.pq_bits)
+        # 10 k-means iterations on a bounded sample: the lists only need to be roughly balanced.
+        quantizer.add(train_coarse_centroids(sample, nlist, niter=10, seed=config.seed))
+        index.train(sample)  # faiss keeps the given centres; trains the scalar or product quantizer here
         return index
 
     def _attach(self, index, config: IndexConfig, num_points: int, dim: int) -> None:  # noqa: ANN001
@@ -359,12 +426,15 @@ class MapIndex:
         index = faiss.read_index(str(path))  # already of its concrete class; owns its quantizer
         kind = config.resolved_kind(num_points)
         nlist = config.resolved_nlist(num_points)
-        expected = {"flat": faiss.IndexFlatL2, "hnsw": faiss.IndexHNSWFlat, "ivf": faiss.IndexIVFFlat,
-                    "ivfpq": faiss.IndexIVFPQ}[kind]
+        expected = expected_faiss_class(kind, config.codec)
         found_nlist = getattr(index, "nlist", 0)
-        if not isinstance(index, expected) or index.ntotal != num_points or index.d != dim or found_nlist != nlist:
-            raise ValueError(f"{path} holds a {type(index).__name__} of {index.ntotal} x {index.d} (nlist {found_nlist}), "
-                             f"expected a {expected.__name__} of {num_points} x {dim} (nlist {nlist})")
+        found_codec = _codec_of(index)
+        want_codec = config.codec if kind == "ivf" else None
+        if (not isinstance(index, expected) or index.ntotal != num_points or index.d != dim or found_nlist != nlist
+                or found_codec != want_codec):
+            raise ValueError(f"{path} holds a {type(index).__name__} of {index.ntotal} x {index.d} (nlist {found_nlist}, "
+                             f"codec {found_codec}), expected a {expected.__name__} of {num_points} x {dim} (nlist {nlist}, "
+                             f"codec {want_codec})")
         return index
 
     @classmethod
@@ -385,7 +455,7 @@ class MapIndex:
         links = 4 * self.nlist * 2 * QUANTIZER_HNSW_M if self.config.resolved_quantizer(self.nlist) == "hnsw" else 0
         quantizer = 4 * self.nlist * d + links
         if self.kind == "ivf":
-            return 4 * p * d + 8 * p + quantizer
+            return {"fp32": 4, "fp16": 2, "8bit": 1}[self.config.codec] * p * d + 8 * p + quantizer
         pq_m = self.config.pq_m or max(1, d // 8)
         # faiss precomputes a term of the list-to-code distances per (list, sub-vector, code) when under 2 GB.
         table = 4 * self.nlist * pq_m * 2**self.config.pq_bits
@@ -394,17 +464,21 @@ class MapIndex:
 
 
 def load_or_build_index(descriptors: np.ndarray, config: IndexConfig = IndexConfig(),
-                        cache_dir: str | Path | None = None) -> MapIndex:
+                        cache_dir: str | Path | None = None, digest: str | None = None) -> MapIndex:
     """A :class:`MapIndex`, read from ``cache_dir`` when an index of the same descriptors and build settings is
     there, else built (and, for the approximate kinds, written there). Flat indexes are never cached: building
     one is a copy. An unreadable cache file is rebuilt and replaced, with a warning.
+
+    ``digest``: :func:`~fuseloc.cachekeys.array_digest` of ``descriptors`` when the caller knows it (a fused map
+    records it when saved): then a cached index is loaded without reading the descriptors at all, so a
+    memory-mapped map's descriptors never enter memory.
     """
     check_gpu_request(config)
     num_points, dim = descriptors.shape
     kind = config.resolved_kind(num_points)
     if cache_dir is None or kind == "flat":
         return MapIndex(descriptors, config)
-    key = key_of({"version": INDEX_CACHE_VERSION, "descriptors": array_digest(descriptors),
+    key = key_of({"version": INDEX_CACHE_VERSION, "descriptors": digest or array_digest(descriptors),
                   "build": config.build_key(num_points, dim)})
     path = Path(cache_dir) / keyed_name(f"index-{kind}", key, ".faiss")
     # faiss raises RuntimeError on a truncated or foreign file, read_checked ValueError on an index of another shape

@@ -15,8 +15,8 @@ import torch
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.scene import QuerySet
 from fuseloc.localize.fused_map import FusedMap
-from fuseloc.localize.index import IndexConfig, SearchResult, load_or_build_index
-from fuseloc.localize.pose import PnPConfig, estimate_absolute_pose
+from fuseloc.localize.index import IndexConfig, MapIndex, SearchResult, load_or_build_index
+from fuseloc.localize.pose import PnPConfig, check_query_settings, estimate_absolute_pose
 from fuseloc.models.fusion import Fusion, fuse_numpy
 from fuseloc.types import Camera, Pose, PoseResult
 
@@ -47,6 +47,9 @@ class LocalizerConfig:
     ratio_threshold: float = 1.0
     unique_points: bool = True
 
+    def __post_init__(self) -> None:
+        check_query_settings(self.min_inliers, self.ratio_threshold)  # before any feature or map is built
+
 
 @dataclass
 class QueryMatches:
@@ -65,15 +68,22 @@ class Localizer:
     map's own is rebuilt on the CPU.
 
     ``index_cache_dir``: keep built approximate indexes there (keyed by the map's descriptors and the build
-    settings), so a re-run over the same map loads instead of retraining.
+    settings), so a re-run over the same map loads instead of retraining. ``index``: an index already built
+    over the map's descriptors (a map bundle's), used as it is.
     """
 
     def __init__(self, fused_map: FusedMap, config: LocalizerConfig = LocalizerConfig(), fusion: Fusion | None = None,
-                 index_cache_dir: str | Path | None = None):
+                 index_cache_dir: str | Path | None = None, index: MapIndex | None = None):
         self.map = fused_map
         self.config = config
         self.fusion = (fusion if fusion is not None else fused_map.fusion()).eval()
-        self.index = load_or_build_index(fused_map.descriptors, config.index, index_cache_dir)
+        # The index is the descriptor store from here on: with the recorded digest, a cached index loads without
+        # reading the (memory-mapped) map descriptors; search rows are map rows, hence points_xyz rows.
+        if index is not None:
+            self.index = index
+        else:
+            digest = fused_map.descriptor_digest() if index_cache_dir is not None else None
+            self.index = load_or_build_index(fused_map.descriptors, config.index, index_cache_dir, digest=digest)
         self.db_global = np.ascontiguousarray(fused_map.db_global, np.float32)
         self._points_xyz = np.ascontiguousarray(fused_map.points_xyz, np.float64)
 

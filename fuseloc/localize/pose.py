@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fuseloc.errors import InputError
 from fuseloc.types import Camera, Pose
 
 
@@ -26,6 +27,26 @@ class PnPConfig:
     max_iterations: int = 10_000
     seed: int = 0
     progressive_sampling: bool = False
+
+    def __post_init__(self) -> None:
+        # checked when the configuration is made, before any feature or map is built
+        if not 0.0 < self.max_reproj_error < float("inf"):
+            raise InputError(f"pnp.max_reproj_error must be a positive number of pixels, got {self.max_reproj_error}")
+        if not 1 <= self.min_iterations <= self.max_iterations:
+            raise InputError(f"pnp iterations need 1 <= min_iterations <= max_iterations, got {self.min_iterations} "
+                             f"and {self.max_iterations}")
+
+
+#: fewest inliers that can mark a pose found: P3P fits any 3 matches exactly, so 3 inliers prove nothing
+MIN_INLIERS_FLOOR = 4
+
+
+def check_query_settings(min_inliers: int, ratio_threshold: float) -> None:
+    """One-line InputErrors for query settings that cannot be right (shared by both localizers' configs)."""
+    if min_inliers < MIN_INLIERS_FLOOR:
+        raise InputError(f"min_inliers must be at least {MIN_INLIERS_FLOOR} (3 matches always fit a pose), got {min_inliers}")
+    if not 0.0 < ratio_threshold <= 1.0:
+        raise InputError(f"ratio_threshold must be in (0, 1] (1: no ratio test), got {ratio_threshold}")
 
 
 @dataclass

@@ -38,6 +38,12 @@ class BenchmarkSpec:
     submission_extension: str | None = None
     report: Literal["recall", "median"] = "recall"
 
+    def __post_init__(self) -> None:
+        # The name is a folder under the output root: ".", ".." or a path would put outputs (and an overwrite)
+        # on the output root itself or outside it.
+        if self.name in ("", ".", "..") or "/" in self.name or "\\" in self.name:
+            raise InputError(f"benchmark name {self.name!r} must be a plain folder name (it names the output folder)")
+
     def submission_name(self, query_name: str) -> str:
         path = PurePosixPath(query_name)
         if self.submission_names == "basename":
@@ -80,6 +86,12 @@ class LocalizationData:
     part: str | None = None
 
     def __post_init__(self) -> None:
+        also_database = sorted(set(self.queries.names) & set(self.scene.image_names if self.scene is not None else ()))
+        if also_database:
+            # the map holds the query's own observations: its pose is recalled, not estimated
+            logger.warning("%s%s: %d of %d queries are also database images (e.g. %r); their poses are not a test "
+                           "of localization", self.spec.name, f"/{self.part}" if self.part else "", len(also_database),
+                           len(self.queries), also_database[0])
         if self.validation is None:
             return
         evaluated = set(self.queries.names)

@@ -99,6 +99,17 @@ def qvecs_to_rotmats(qvecs: np.ndarray) -> np.ndarray:
     )
 
 
+def pose_problem(qvec_tvec: list[float] | tuple[float, ...]) -> str:
+    """What is wrong with an image's ``QW QX QY QZ TX TY TZ`` (a non-finite value, a zero quaternion), or ''.
+    Such an image would otherwise be dropped from the map without a word, or fail far from its line."""
+    values = np.asarray(qvec_tvec, np.float64)
+    if not np.all(np.isfinite(values[:4])) or np.linalg.norm(values[:4]) < 1e-8:
+        return f"invalid quaternion {' '.join(f'{v:g}' for v in values[:4])}"
+    if not np.all(np.isfinite(values[4:])):
+        return f"non-finite translation {' '.join(f'{v:g}' for v in values[4:])}"
+    return ""
+
+
 def model_extension(model_dir: str | Path) -> str:
     """``.bin`` or ``.txt``, whichever complete set of the three legacy files ``model_dir`` holds."""
     model_dir = Path(model_dir)
@@ -221,6 +232,9 @@ def _read_images_binary(path: Path) -> _Images:
             nbytes = num_points * POINT2D_DTYPE.itemsize
             if offset + nbytes > size:
                 raise struct.error
+            problem = pose_problem(head[1:8])
+            if problem:
+                raise InputError(f"image {name!r} (record {row + 1}): {problem}", path)
             ids.append(head[0])
             cam_ids.append(head[8])
             poses.append(head[1:8])
@@ -263,6 +277,10 @@ def _read_points_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
             raise struct.error
     except struct.error:
         raise InputError(f"truncated or corrupt file (byte {offset})", path) from None
+    bad = np.flatnonzero(~np.all(np.isfinite(xyz), axis=1))
+    if len(bad):
+        raise InputError(f"point {ids[bad[0]]} (record {bad[0] + 1}) has a non-finite position"
+                         f"{f' ({len(bad) - 1} more points too)' if len(bad) > 1 else ''}", path)
     return ids, xyz
 
 
@@ -277,7 +295,7 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line without the newline) for every non-comment line, blank lines included."""
     if not path.is_file():
         raise InputError("file not found", path)
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             stripped = line.strip()
             if stripped.startswith("#"):
@@ -343,11 +361,15 @@ def _read_images_text(path: Path) -> _Images:
             pose = [float(t) for t in tokens[1:8]]
         except ValueError:
             raise InputError(f"expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got {line!r}", path, number) from None
+        # Names may contain spaces: everything after CAMERA_ID.
+        name = line.split(None, 9)[9]
+        problem = pose_problem(pose)
+        if problem:
+            raise InputError(f"image {name!r}: {problem}", path, number)
         ids.append(image_id)
         cam_ids.append(camera_id)
         poses.append(pose)
-        # Names may contain spaces: everything after CAMERA_ID.
-        names.append(line.split(None, 9)[9])
+        names.append(name)
         expect_points = True
     poses_arr = np.asarray(poses, np.float64).reshape(-1, 7)
     return _Images(
@@ -371,6 +393,8 @@ def _read_points_text(path: Path) -> tuple[np.ndarray, np.ndarray]:
             xyz.append([float(t) for t in tokens[1:4]])
         except ValueError:
             raise InputError(f"non-numeric point id or position in {line[:80]!r}", path, number) from None
+        if not np.all(np.isfinite(xyz[-1])):
+            raise InputError(f"point {ids[-1]} has a non-finite position", path, number)
     return np.asarray(ids, np.int64), np.asarray(xyz, np.float64).reshape(-1, 3)
 
 

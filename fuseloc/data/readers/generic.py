@@ -21,7 +21,7 @@ from fuseloc.data.readers.colmap_model import locate_image
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
 from fuseloc.io import iter_lines, parse_floats
-from fuseloc.types import Camera, Pose
+from fuseloc.types import CAMERA_MODEL_PARAMS, Camera, Pose
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def read_query_list(path: str | Path) -> list[QueryEntry]:
     for line, tokens in iter_lines(path):
         if len(tokens) < 4:
             raise InputError(f"expected 'name MODEL W H params...', got {' '.join(tokens)!r}", path, line)
+        if tokens[1] not in CAMERA_MODEL_PARAMS and any(t in CAMERA_MODEL_PARAMS for t in tokens[2:]):
+            model_at = next(i for i, t in enumerate(tokens) if t in CAMERA_MODEL_PARAMS)
+            raise InputError(f"the name must be one field without spaces, but the camera model comes after "
+                             f"{' '.join(tokens[:model_at])!r}", path, line)
         try:
             camera = Camera.from_tokens(tokens[1:])
         except InputError as exc:
@@ -59,9 +63,13 @@ def read_image_list(path: str | Path) -> list[str]:
 def read_pose_list(path: str | Path, centers: bool = False) -> dict[str, Pose]:
     """Parse ``name qw qx qy qz tx ty tz`` lines (or ``... cx cy cz`` camera centres when ``centers``)."""
     poses = {}
+    lines: dict[str, int] = {}
     for line, tokens in iter_lines(path):
         if len(tokens) != 8:
             raise InputError(f"expected 'name qw qx qy qz tx ty tz' (8 fields), got {len(tokens)}", path, line)
+        if tokens[0] in lines:
+            raise InputError(f"duplicate pose for {tokens[0]!r} (first on line {lines[tokens[0]]})", path, line)
+        lines[tokens[0]] = line
         values = parse_floats(tokens[1:], path, line, "a pose")
         try:
             poses[tokens[0]] = (Pose.from_center if centers else Pose.from_qt)(values[:4], values[4:])
@@ -139,6 +147,13 @@ class GenericReader(DatasetReader):
         if (self.root / self.gt_poses).is_file():
             gt_map = read_pose_list(self.root / self.gt_poses)
             gt = [gt_map.get(n) for n in names]
+            unmatched = sorted(set(gt_map) - set(names))
+            if unmatched:
+                logger.warning("%s: %d of %d ground-truth names match no query (e.g. %r); they are ignored",
+                               self.root / self.gt_poses, len(unmatched), len(gt_map), unmatched[0])
+            if gt_map and names and all(p is None for p in gt):
+                raise InputError(f"no ground-truth name matches a query (e.g. {unmatched[0]!r} is no name in "
+                                 f"{self.queries}); names are relative to the image folder", self.root / self.gt_poses)
         conditions = None
         if (self.root / self.conditions).is_file():
             cond_map = read_conditions(self.root / self.conditions)
