@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 from fixtures.toy import ToyScene, make_toy_scene
 
+# pristine / data / finished: the tiny dataset and one finished evaluate.py run (fixtures/tiny_runs.py).
+pytest_plugins = ["fixtures.tiny_runs"]
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from fixtures.scripts import load_script
 from fixtures.toy import make_toy_scene
-from fixtures.toy_training import ToyExtractor, ToyReader
+from fixtures.toy_training import ToyExtractor, ToyReader, toy_data_yaml
 
 from fuseloc.callbacks.localization_val import LocalizationValidation
 from fuseloc.data.config import DataConfig
@@ -248,15 +248,7 @@ def test_train_cli_fast_dev_run_on_gpu(tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "gpu.yaml"
     config.write_text(f"""
-data:
-  reader: {{class_path: fixtures.toy_training.ToyReader, init_args: {{root: {out / 'toy' / 'cache'}}}}}
-  local_features: {{class_path: fixtures.toy_training.ToyExtractor}}
-  global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
-  output_dir: {out}
-  holdout_every: 2
-  confuser_min_distance: 2.0
-  batches: {{points_per_batch: 16, batches_per_epoch: 2}}
-""")
+{toy_data_yaml(out)}""")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "fit", "--config", str(config),
                            "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.fast_dev_run", "true"],

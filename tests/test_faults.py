@@ -7,7 +7,6 @@ Runs evaluate.py's ``main`` in-process on copies of the tiny rendered dataset (:
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 import subprocess
@@ -19,8 +18,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from fixtures.scripts import load_script
-from fixtures.tiny import make_tiny_dataset
+from fixtures.tiny_runs import METHOD, data_args, evaluate_cli, run_main
 
 from fuseloc.data.feature_cache import FeatureCache, write_local
 from fuseloc.data.scene import Scene
@@ -30,44 +28,8 @@ from fuseloc.models.fusion import FixedFusion
 from fuseloc.types import LocalFeatures
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = "fused-lam0.5"
 FEATS = "feats-rootsift-n2048-r1024-c0.02.h5"
 
-evaluate_cli = load_script("evaluate")
-
-
-def data_args(root: Path, out: Path) -> list[str]:
-    return ["--data.reader", "fuseloc.data.readers.generic.GenericReader", "--data.reader.root", str(root),
-            "--data.output_dir", str(out), "--progress", "false", "--lambdas", "[0.5]"]
-
-
-def run_main(args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, list[str]]:
-    """evaluate.py's exit code and its ERROR log lines."""
-    caplog.clear()
-    caplog.set_level(logging.INFO)
-    code = evaluate_cli.main(args)
-    return code, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_dataset(root)
-    return root
-
-
-@pytest.fixture
-def data(pristine: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny dataset that a test may damage."""
-    return Path(shutil.copytree(pristine, tmp_path / "data"))
-
-
-@pytest.fixture(scope="module")
-def finished(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The output directory of one successful run (copy it before damaging it)."""
-    out = tmp_path_factory.mktemp("finished")
-    assert evaluate_cli.main(data_args(pristine, out)) == 0
-    return out
 
 
 def edit_line(path: Path, number: int, new: str) -> None:

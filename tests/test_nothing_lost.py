@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fixtures.scripts import load_script
-from fixtures.tiny import CAMERA, make_tiny_dataset
+from fixtures.tiny import CAMERA
+from fixtures.tiny_runs import METHOD, data_args, run_main
 
 from fuseloc.data.extract import extract_local_features, read_image
 from fuseloc.data.extractors import Sift
@@ -29,22 +29,6 @@ from fuseloc.data.readers.generic import GenericReader, read_query_list
 from fuseloc.data.scene import QuerySet, Scene
 from fuseloc.errors import InputError
 
-METHOD = "fused-lam0.5"
-evaluate_cli = load_script("evaluate")
-
-
-def data_args(root: Path, out: Path, *extra: str) -> list[str]:
-    return ["--data.reader", "fuseloc.data.readers.generic.GenericReader", "--data.reader.root", str(root),
-            "--data.output_dir", str(out), "--progress", "false", "--lambdas", "[0.5]", *extra]
-
-
-def run_main(args: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, list[str]]:
-    """evaluate.py's exit code and its ERROR log lines."""
-    caplog.clear()
-    caplog.set_level(logging.INFO)
-    code = evaluate_cli.main(args)
-    return code, [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-
 
 def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -53,25 +37,6 @@ def files_under(root: Path) -> dict[str, bytes]:
 def records(out: Path) -> dict[str, dict]:
     lines = (out / "custom" / METHOD / "predictions.jsonl").read_text().splitlines()
     return {r["name"]: r for r in map(json.loads, lines)}
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    make_tiny_dataset(root)
-    return root
-
-
-@pytest.fixture
-def data(pristine: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(pristine, tmp_path / "data"))
-
-
-@pytest.fixture(scope="module")
-def finished(pristine: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("finished")
-    assert evaluate_cli.main(data_args(pristine, out)) == 0
-    return out
 
 
 # ----------------------------------------------------------------------------------- 1. overwrite and data loss

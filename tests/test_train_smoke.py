@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from fixtures.scripts import load_script
-from fixtures.toy_training import ToyExtractor, ToyReader
+from fixtures.toy_training import ToyExtractor, ToyReader, toy_data_yaml
 
 from fuseloc.callbacks.fusion_histograms import FusionHistograms
 from fuseloc.callbacks.localization_val import LocalizationValidation
@@ -100,17 +100,7 @@ trainer:
     init_args: {{save_dir: {out / 'logs'}, name: run, version: 0}}
 model:
   lr: 0.0
-data:
-  reader:
-    class_path: fixtures.toy_training.ToyReader
-    init_args: {{root: {out / 'toy' / 'cache'}}}
-  local_features: {{class_path: fixtures.toy_training.ToyExtractor}}
-  global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
-  output_dir: {out}
-  holdout_every: 2
-  confuser_min_distance: 2.0
-  batches: {{points_per_batch: 16, batches_per_epoch: 2}}
-"""
+{toy_data_yaml(out)}"""
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(config)
     return path
@@ -158,17 +148,7 @@ trainer:
       init_args: {{save_last: true, filename: "latest-{{epoch:02d}}"}}
 model:
   lr: 0.01
-data:
-  reader:
-    class_path: fixtures.toy_training.ToyReader
-    init_args: {{root: {out / 'toy' / 'cache'}}}
-  local_features: {{class_path: fixtures.toy_training.ToyExtractor}}
-  global_features: {{class_path: fuseloc.data.extractors.Vlad, init_args: {{num_clusters: 4}}}}
-  output_dir: {out}
-  holdout_every: 2
-  confuser_min_distance: 2.0
-  batches: {{points_per_batch: 16, batches_per_epoch: 2}}
-""")
+{toy_data_yaml(out)}""")
     return path
 
 
