@@ -10,9 +10,9 @@ from fuseloc.localize.index import (
     IndexConfig,
     MapIndex,
     SearchResult,
-    _split_lists,
     gpu_available,
     load_or_build_index,
+    split_lists,
     train_coarse_centroids,
 )
 from fuseloc.localize.pipeline import filter_matches
@@ -129,7 +129,7 @@ def test_nlist_never_exceeds_what_the_training_set_supports():
 @pytest.mark.parametrize("sizes,total", [([5, 1, 1], 4), ([100, 10, 1, 1], 50), ([3, 3, 3], 9), ([40, 2], 3)])
 def test_list_split_is_proportional_and_feasible(sizes, total):
     sizes = np.array(sizes)
-    counts = _split_lists(sizes, total)
+    counts = split_lists(sizes, total)
     assert counts.sum() == total and (counts >= 1).all() and (counts <= sizes).all()
     # No group is more than one list away from its proportional share (when the bounds allow it).
     share = sizes / sizes.sum() * total
@@ -151,21 +151,24 @@ def test_hnsw_coarse_quantizer_is_exact_when_every_list_is_visited():
     _, idx = _brute_force(points, queries)
     index = MapIndex(points, IndexConfig(kind="ivf", nlist=40, nprobe=40, coarse_quantizer="hnsw"))
     np.testing.assert_array_equal(index.search(queries).indices[:, 0], idx[:, 0])
-    assert index._hnsw_quantizer().hnsw.efSearch == 80  # the search beam again after the narrow-beam add
+    # The narrow beam used while adding points does not stay: changing the search settings afterwards searches
+    # exactly as an index built with them.
     index.set_search(nprobe=10)
-    assert index._hnsw_quantizer().hnsw.efSearch == 64
+    fresh = MapIndex(points, IndexConfig(kind="ivf", nlist=40, nprobe=10, coarse_quantizer="hnsw"))
+    np.testing.assert_array_equal(index.search(queries).indices, fresh.search(queries).indices)
 
 
-def test_index_cache_is_keyed_by_descriptors_and_build_settings_not_search_settings(tmp_path, caplog):
+def test_index_cache_is_keyed_by_descriptors_and_build_settings_not_search_settings(tmp_path, monkeypatch):
     points, queries = _data()
     config = IndexConfig(kind="ivf", nlist=32, nprobe=4)
-    with caplog.at_level(logging.INFO, logger="fuseloc.localize.index"):
-        built = load_or_build_index(points, config, tmp_path)
-        files = sorted(tmp_path.iterdir())
-        assert len(files) == 1 and files[0].suffix == ".faiss" and "built" in caplog.text
-        caplog.clear()
+    built = load_or_build_index(points, config, tmp_path)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".faiss"
+    stamp = files[0].stat().st_mtime_ns
+    with monkeypatch.context() as patch:  # a second build would fail: the cached file must be read instead
+        patch.setattr(MapIndex, "__init__", lambda *a, **k: pytest.fail("rebuilt an index that is cached"))
         loaded = load_or_build_index(points, IndexConfig(kind="ivf", nlist=32, nprobe=32), tmp_path)
-        assert "loaded" in caplog.text and sorted(tmp_path.iterdir()) == files  # nprobe is not part of the key
+    assert sorted(tmp_path.iterdir()) == files and files[0].stat().st_mtime_ns == stamp  # nprobe is not in the key
     assert loaded.index.nprobe == 32 and loaded.nlist == 32
     built.set_search(nprobe=32)
     np.testing.assert_array_equal(loaded.search(queries).indices, built.search(queries).indices)

@@ -202,7 +202,7 @@ def _kmeans(data: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
     return kmeans.centroids
 
 
-def _split_lists(sizes: np.ndarray, total: int) -> np.ndarray:
+def split_lists(sizes: np.ndarray, total: int) -> np.ndarray:
     """Share ``total`` lists among groups proportionally to ``sizes`` (largest remainder), each in [1, size]."""
     exact = sizes / sizes.sum() * total
     counts = np.clip(np.floor(exact).astype(np.int64), 1, sizes)
@@ -243,7 +243,7 @@ def train_coarse_centroids(sample: np.ndarray, nlist: int, niter: int = 10, seed
     group = flat.search(sample, 1)[1][:, 0]
     sizes = np.bincount(group, minlength=num_groups)
     occupied = np.flatnonzero(sizes)
-    counts = _split_lists(sizes[occupied], nlist)
+    counts = split_lists(sizes[occupied], nlist)
     centres = [_kmeans(sample[group == g], int(c), niter, seed + 1 + int(g)) for g, c in zip(occupied, counts)]
     return np.vstack(centres).astype(np.float32)
 
