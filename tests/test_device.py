@@ -54,8 +54,8 @@ def _check_placement(fusion: torch.nn.Module, *tensors: torch.Tensor) -> None:
         assert t.device == device and t.dtype == dtype, f"input on {t.device}/{t.dtype}, fusion on {device}/{dtype}"
 
 
-class StrictFixedFusion(FixedFusion):
-    """FixedFusion that refuses inputs not on its device and dtype (what a CUDA fusion does, loudly)."""
+class StrictPlacement:
+    """A fusion mixin that refuses inputs not on the fusion's device and dtype (what a CUDA fusion does, loudly)."""
 
     def reduce_global(self, global_desc):
         _check_placement(self, global_desc)
@@ -66,14 +66,12 @@ class StrictFixedFusion(FixedFusion):
         return super().fuse(local_desc, reduced_global)
 
 
-class StrictLearnedFusion(LearnedFusion):
-    def reduce_global(self, global_desc):
-        _check_placement(self, global_desc)
-        return super().reduce_global(global_desc)
+class StrictFixedFusion(StrictPlacement, FixedFusion):
+    pass
 
-    def fuse(self, local_desc, reduced_global):
-        _check_placement(self, local_desc, reduced_global)
-        return super().fuse(local_desc, reduced_global)
+
+class StrictLearnedFusion(StrictPlacement, LearnedFusion):
+    pass
 
 
 def _fitted(cls, cache: FeatureCache, names, **kwargs):
