@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fuseloc.service import post_image
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -44,17 +46,6 @@ def peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def post(url: str, body: bytes, camera: str, name: str) -> tuple[int, dict]:
-    query = urllib.parse.urlencode({"camera": camera, "name": name})
-    request = urllib.request.Request(f"{url}/localize?{query}", data=body, method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
 
 
 def same(a: dict, b: dict) -> bool:
@@ -76,7 +67,7 @@ def run_clients(url: str, queries: list[tuple[str, bytes, str]], reference: dict
             name, body, camera = queries[i % len(queries)]
             i += clients
             t0 = time.perf_counter()
-            status, record = post(url, body, camera, name)
+            status, record = post_image(url, body, timeout=120, camera=camera, name=name)
             elapsed = time.perf_counter() - t0
             with lock:
                 if status != 200:
@@ -149,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
         print(f"service: {health['method']}, {health['points']} points, max_concurrency {args.max_concurrency}, "
               f"startup RSS {peak_rss_mb(server.pid):.0f} MiB")
-        post(url, queries[0][1], queries[0][2], queries[0][0])  # warm-up: first-call costs are not service time
+        post_image(url, queries[0][1], timeout=120, camera=queries[0][2], name=queries[0][0])  # warm-up: first-call costs are not service time
         print(f"{'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'peak RSS MiB':>12}  equal to offline")
         for clients in args.clients:
             row = run_clients(url, queries, reference, clients, args.duration)

@@ -16,8 +16,12 @@ worker thread (:meth:`Bundle.localize` is thread-safe); the others wait their tu
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,3 +182,14 @@ class BackgroundServer:
         self._server.should_exit = True
         self._thread.join(timeout=30)
         self._socket.close()
+
+
+def post_image(url: str, body: bytes, timeout: float = 60.0, **params: str) -> tuple[int, dict]:
+    """A client call: POST ``body`` (image file bytes) to ``<url>/localize?<params>``; the status and JSON reply."""
+    request = urllib.request.Request(f"{url}/localize?{urllib.parse.urlencode(params)}", data=body, method="POST",
+                                     headers={"Content-Type": "application/octet-stream"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)

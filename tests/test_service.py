@@ -15,23 +15,12 @@ from fixtures.bundle import CAMERA_STRING, assert_same_pose, evaluated, export_o
 from fixtures.scripts import load_script
 
 import fuseloc
-from fuseloc.service import BackgroundServer, ServiceConfig
+from fuseloc.service import BackgroundServer, ServiceConfig, post_image
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     return export_one_method(tmp_path_factory.mktemp("service"))
-
-
-def post(url: str, body: bytes, **params: str) -> tuple[int, dict]:
-    query = urllib.parse.urlencode(params)
-    request = urllib.request.Request(f"{url}/localize?{query}", data=body, method="POST",
-                                     headers={"Content-Type": "application/octet-stream"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
 
 
 class CountingBundle:
@@ -67,7 +56,7 @@ def test_service_answers_like_the_offline_bundle(exported):
             health = json.load(response)
         assert health["status"] == "ok" and health["method"] == "fused-lam0.5" and health["points"] > 0
         for name in sorted(expected):
-            status, record = post(server.url, (data / "images" / name).read_bytes(), camera=CAMERA_STRING, name=name)
+            status, record = post_image(server.url, (data / "images" / name).read_bytes(), camera=CAMERA_STRING, name=name)
             assert status == 200 and record["name"] == name and record["camera_source"] == "given"
             assert_same_pose(record, expected[name])
 
@@ -84,12 +73,12 @@ def test_bad_requests_get_4xx_with_one_line_messages(exported):
             (image, {"camera": CAMERA_STRING}, 413, "limit"),
         ]
         for body, params, code, message in cases:
-            status, reply = post(server.url, body, **params)
+            status, reply = post_image(server.url, body, **params)
             assert status == code and message in reply["detail"] and "\n" not in reply["detail"], (params, reply)
     with BackgroundServer(fuseloc.load_bundle(bundle_path), ServiceConfig(port=0)) as server:
-        status, reply = post(server.url, image, camera="PINHOLE 640 480 520 520 320 240", name="q0")
+        status, reply = post_image(server.url, image, camera="PINHOLE 640 480 520 520 320 240", name="q0")
         assert status == 422 and reply["detail"].startswith("q0: image is 320x240 pixels but its camera says 640x480")
-        status, reply = post(server.url, image)  # a PNG without EXIF: no intrinsics at all
+        status, reply = post_image(server.url, image)  # a PNG without EXIF: no intrinsics at all
         assert status == 422 and "no EXIF focal length" in reply["detail"]
 
 
@@ -100,7 +89,7 @@ def test_concurrency_is_bounded(exported, limit):
     image = (data / "images" / "query" / "2.png").read_bytes()
     with BackgroundServer(counting, ServiceConfig(port=0, max_concurrency=limit)) as server:
         with ThreadPoolExecutor(6) as pool:
-            replies = list(pool.map(lambda _: post(server.url, image, camera=CAMERA_STRING), range(12)))
+            replies = list(pool.map(lambda _: post_image(server.url, image, camera=CAMERA_STRING), range(12)))
     assert all(status == 200 for status, _ in replies)
     assert len({json.dumps(r["qvec"]) for _, r in replies}) == 1
     assert counting.peak == limit  # never more at once, and the limit is used
@@ -112,7 +101,7 @@ def test_busy_service_refuses_beyond_its_queue(exported):
     image = (data / "images" / "query" / "2.png").read_bytes()
     with BackgroundServer(counting, ServiceConfig(port=0, max_concurrency=1, max_queue=1)) as server:
         with ThreadPoolExecutor(5) as pool:
-            statuses = sorted(s for s, _ in pool.map(lambda _: post(server.url, image, camera=CAMERA_STRING), range(5)))
+            statuses = sorted(s for s, _ in pool.map(lambda _: post_image(server.url, image, camera=CAMERA_STRING), range(5)))
     assert statuses.count(200) >= 2 and 503 in statuses and set(statuses) <= {200, 503}
 
 

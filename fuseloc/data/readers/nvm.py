@@ -179,12 +179,7 @@ def read_nvm(path: str | Path, method: Literal["auto", "vectorised", "lines"] = 
     with open(path, "rb") as f:
         header = _BinaryLines(f, path)
         names, cam_values = _read_header(header, path)
-        try:
-            num_points = _count(header, path, "point count")
-        except InputError as exc:
-            if "missing" not in exc.raw_message:
-                raise
-            num_points = 0
+        num_points = _point_count(header, path)
         points = _read_point_blocks(f, path, header.number, num_points, len(names))
     return _model(path, names, cam_values, points)
 
@@ -319,12 +314,7 @@ def _read_lines(path: Path) -> NvmModel:
     """The line-by-line reader (text mode, universal newlines)."""
     lines = iter_lines(path)
     names, cam_values = _read_header(lines, path)
-    try:
-        num_points = _count(lines, path, "point count")
-    except InputError as exc:
-        if "missing" not in exc.raw_message:
-            raise
-        num_points = 0
+    num_points = _point_count(lines, path)
     return _model(path, names, cam_values, _parse_point_lines(lines, num_points, len(names), path, must_finish=True))
 
 
@@ -492,6 +482,16 @@ def _next(lines: Iterator[tuple[int, list[str]]], path: Path, what: str) -> tupl
         return next(lines)
     except StopIteration:
         raise InputError(f"file ends early: missing {what}", path) from None
+
+
+def _point_count(lines: Iterator[tuple[int, list[str]]], path: Path) -> int:
+    """The point count after the cameras; a file that ends after its cameras has no points."""
+    try:
+        return _count(lines, path, "point count")
+    except InputError as exc:
+        if "missing" not in exc.raw_message:
+            raise
+        return 0
 
 
 def _count(lines: Iterator[tuple[int, list[str]]], path: Path, what: str) -> int:
