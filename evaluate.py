@@ -95,7 +95,9 @@ def resolve_device(device: str):  # noqa: ANN201 (torch.device; torch is importe
     import torch
 
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from fuseloc.data.extractors.base import default_device
+
+        return default_device(None)
     try:
         resolved = torch.device(device)
     except RuntimeError:

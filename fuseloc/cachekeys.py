@@ -43,7 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -98,6 +98,12 @@ def file_stamp(path: str | Path) -> str:
     bytes, which would mean reading every image on every run)."""
     st = Path(path).stat()
     return f"{st.st_size}-{st.st_mtime_ns}"
+
+
+def image_stamps(root: str | Path, names: Sequence[str]) -> dict[str, str]:
+    """The :func:`file_stamp` of each named image under ``root`` that exists."""
+    root = Path(root)
+    return {n: file_stamp(root / n) for n in names if (root / n).is_file()}
 
 
 def stamp_matches(recorded: str | None, current: str | None) -> bool:

@@ -97,7 +97,7 @@ class Camera:
 
     def scaled(self, scale: float) -> Camera:
         """The camera of the image resized by ``scale`` (focal and principal point scale, distortion does not)."""
-        n_scaled = 3 if self.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL") else 4
+        n_scaled = 3 if self.model in SINGLE_FOCAL_MODELS else 4
         params = tuple(p * scale if i < n_scaled else p for i, p in enumerate(self.params))
         return Camera(self.model, round(self.width * scale), round(self.height * scale), params)
 
@@ -123,10 +123,22 @@ def rotmat_to_qvec(R: np.ndarray) -> np.ndarray:
     return q if q[0] >= 0 else -q
 
 
+def pose_problem(qvec_tvec: list[float] | tuple[float, ...]) -> str:
+    """What is wrong with an image's ``QW QX QY QZ TX TY TZ`` (a non-finite value, a zero quaternion), or ''.
+    Such an image would otherwise be dropped from the map without a word, or fail far from its line."""
+    values = np.asarray(qvec_tvec, np.float64)
+    if not np.all(np.isfinite(values[:4])) or np.linalg.norm(values[:4]) < 1e-8:
+        return f"invalid quaternion {' '.join(f'{v:g}' for v in values[:4])}"
+    if not np.all(np.isfinite(values[4:])):
+        return f"non-finite translation {' '.join(f'{v:g}' for v in values[4:])}"
+    return ""
+
+
 def _checked_qvec(qvec: np.ndarray | list[float]) -> np.ndarray:
     q = np.asarray(qvec, dtype=np.float64).reshape(4)
-    if not np.all(np.isfinite(q)) or np.linalg.norm(q) < 1e-8:
-        raise InputError(f"invalid quaternion {' '.join(f'{v:g}' for v in q)}")
+    problem = pose_problem(q)
+    if problem:
+        raise InputError(problem)
     return q
 
 
@@ -139,10 +151,11 @@ class Pose:
 
     @classmethod
     def from_qt(cls, qvec: np.ndarray | list[float], t: np.ndarray | list[float]) -> Pose:
-        q = _checked_qvec(qvec)
+        q = np.asarray(qvec, dtype=np.float64).reshape(4)
         t = np.asarray(t, dtype=np.float64).reshape(3)
-        if not np.all(np.isfinite(t)):
-            raise InputError(f"non-finite translation {' '.join(f'{v:g}' for v in t)}")
+        problem = pose_problem([*q, *t])
+        if problem:
+            raise InputError(problem)
         return cls(qvec_to_rotmat(q), t)
 
     @classmethod

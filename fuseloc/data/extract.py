@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fuseloc.cachekeys import file_stamp, key_of
+from fuseloc.cachekeys import image_stamps, key_of
 from fuseloc.data.extractors.base import GlobalExtractor, LocalExtractor
 from fuseloc.data.feature_cache import (
     fresh_names,
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 #: cv2 decoding flags of every image fuseloc reads: colour, and the pixels as stored, WITHOUT the rotation an
 #: EXIF Orientation tag asks for (COLMAP and hloc decode the same way, and intrinsics describe the stored pixels)
 IMAGE_READ_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+UNDECODABLE = "cannot decode image (corrupt or unsupported format)"
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -43,11 +44,20 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError("image not found", path)
+    # imread, not imdecode of the bytes: it keeps the decodable part of a JPEG cut short, imdecode refuses it.
     image = cv2.imread(str(path), IMAGE_READ_FLAGS)
     if image is None:
-        raise InputError("cannot decode image (corrupt or unsupported format)", path)
+        raise InputError(UNDECODABLE, path)
     if is_truncated_jpeg(path):
         logger.warning("%s: JPEG file is truncated (no end-of-image marker); using the part that decodes", path)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes, where: str | Path) -> np.ndarray:
+    """Image file bytes (an upload) as RGB uint8 (H, W, 3) with :data:`IMAGE_READ_FLAGS`; ``where`` names it in errors."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), IMAGE_READ_FLAGS) if data else None
+    if image is None:
+        raise InputError(UNDECODABLE, where)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -94,7 +104,7 @@ def extract_local_features(
 
     output = Path(output)
     with open_for_append(output, extractor.config(), overwrite) as handle:
-        stamps = {n: file_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}
+        stamps = image_stamps(image_root, names)
         done = fresh_names(handle, names, stamps)
         todo = [n for n in names if n not in done]
         if todo:
@@ -168,7 +178,7 @@ def extract_global_features(
                     write_state(handle, extractor.state())
             # A global descriptor is as fresh as what it was computed from: the image, or its local features.
             if extractor.uses_image:
-                stamps = {n: file_stamp(Path(image_root) / n) for n in names if (Path(image_root) / n).is_file()}  # type: ignore[arg-type]
+                stamps = image_stamps(image_root, names)  # type: ignore[arg-type]
             else:
                 stamps = {n: str(local[n].attrs["source"]) for n in names if local is not None and n in local
                           and "source" in local[n].attrs}

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from fuseloc.errors import InputError
-from fuseloc.types import Camera
+from fuseloc.types import SINGLE_FOCAL_MODELS, Camera
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def camera_from_exif(path: str | Path, decoded_size: tuple[int, int], allow_gues
 def _quarter_turned(camera: Camera) -> Camera:
     """The camera of the image turned by a quarter turn (EXIF intrinsics: principal point at the centre)."""
     width, height = camera.height, camera.width
-    if camera.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"):
+    if camera.model in SINGLE_FOCAL_MODELS:
         params = (camera.params[0], width / 2, height / 2, *camera.params[3:])
     else:
         fx, fy = camera.params[0], camera.params[1]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuseloc.cachekeys import file_stamp, key_of, keyed_name, read_keyed
+from fuseloc.cachekeys import image_stamps, key_of, keyed_name, read_keyed
 from fuseloc.data.extract import check_image_size, extract_global_features, extract_local_features
 from fuseloc.data.extractors.base import GlobalExtractor, LocalExtractor
 from fuseloc.data.feature_cache import FeatureCache, check_feature_file
@@ -80,7 +80,7 @@ def prepare_features(
     database_key = ""
     if needs_images:
         root = Path(data.scene.image_root)
-        database_key = key_of([(n, file_stamp(root / n)) for n in data.scene.image_names if (root / n).is_file()])
+        database_key = key_of(list(image_stamps(root, data.scene.image_names).items()))
     if local_path is not None:
         local_tag = check_feature_file(local_path, names, "local")
         local_path = Path(local_path)

@@ -3,7 +3,7 @@
 Launch ``evaluate.py`` with ``torchrun --nproc_per_node N evaluate.py ...`` or with Lightning's environment
 (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``, ``LOCAL_RANK``; ``RANK`` when set). Every
 process prepares nothing on its own: rank 0 extracts features, triangulates and builds maps and indexes into
-the caches first, then the others load them (:func:`main_first`), so each process holds each map once. A
+the caches first, then the others load them (:func:`wait_for_main` / :func:`release_others`), so each process holds each map once. A
 single-map dataset shards its queries (every ``world_size``-th pending query); a multi-map dataset (CMU slices,
 Cambridge scenes) spreads whole parts. Rank 0 gathers every result, writes the prediction log, the submission
 and the summary: the same files as a single-process run (``predictions.jsonl`` lists them in another order).
@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -144,16 +143,6 @@ def barrier(ctx: Distributed) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-@contextmanager
-def main_first(ctx: Distributed) -> Iterator[None]:
-    """Rank 0 runs the block first (building caches), the others after it (loading them)."""
-    if not ctx.is_main:
-        barrier(ctx)
-    yield
-    if ctx.is_main:
-        barrier(ctx)
 
 
 def broadcast(value: T, ctx: Distributed) -> T:

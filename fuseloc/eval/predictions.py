@@ -38,11 +38,6 @@ def read_records(path: Path) -> dict[str, dict]:
     return records
 
 
-def read_predictions(path: Path) -> dict[str, PoseResult]:
-    """Read a JSON-lines prediction log; a torn last line (killed mid-write) is ignored."""
-    return {name: record_to_result(record) for name, record in read_records(path).items()}
-
-
 class PredictionLog:
     """Append-only JSON-lines log of per-query results; each line is flushed and fsynced.
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fuseloc.cachekeys import key_of, same_inputs
-from fuseloc.data.extract import IMAGE_READ_FLAGS, check_image_size, read_image
+from fuseloc.data.extract import check_image_size, decode_image, read_image
 from fuseloc.data.extractors.base import GlobalExtractor, LocalExtractor, TorchExtractor
 from fuseloc.data.intrinsics import camera_from_exif, parse_camera
 from fuseloc.errors import InputError
@@ -355,13 +355,8 @@ class Bundle:
     def _read_bytes(self, data: bytes, camera: Camera | str | None, allow_guess: bool,
                     name: str) -> tuple[np.ndarray, Camera, str]:
         if camera is not None:
-            import cv2
-
             camera = self._camera(camera, name)
-            pixels = cv2.imdecode(np.frombuffer(data, np.uint8), IMAGE_READ_FLAGS) if data else None
-            if pixels is None:
-                raise InputError("cannot decode image (corrupt or unsupported format)", name)
-            pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+            pixels = decode_image(data, name)
             check_image_size(name, (pixels.shape[1], pixels.shape[0]), camera)
             return pixels, camera, "given"
         # EXIF intrinsics are read from a file (pycolmap's reader): a private temporary copy, named in no error.

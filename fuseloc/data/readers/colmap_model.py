@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fuseloc.errors import InputError
-from fuseloc.types import CAMERA_MODEL_PARAMS, Camera
+from fuseloc.types import CAMERA_MODEL_PARAMS, Camera, pose_problem
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +97,6 @@ def qvecs_to_rotmats(qvecs: np.ndarray) -> np.ndarray:
         ],
         1,
     )
-
-
-def pose_problem(qvec_tvec: list[float] | tuple[float, ...]) -> str:
-    """What is wrong with an image's ``QW QX QY QZ TX TY TZ`` (a non-finite value, a zero quaternion), or ''.
-    Such an image would otherwise be dropped from the map without a word, or fail far from its line."""
-    values = np.asarray(qvec_tvec, np.float64)
-    if not np.all(np.isfinite(values[:4])) or np.linalg.norm(values[:4]) < 1e-8:
-        return f"invalid quaternion {' '.join(f'{v:g}' for v in values[:4])}"
-    if not np.all(np.isfinite(values[4:])):
-        return f"non-finite translation {' '.join(f'{v:g}' for v in values[4:])}"
-    return ""
 
 
 def model_extension(model_dir: str | Path) -> str:
