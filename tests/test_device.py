@@ -141,7 +141,7 @@ def test_fast_dev_run_in_float64_goes_through_the_validation_callback(tmp_path):
     """Lightning's 64-true precision puts the fusion in float64 (as a GPU run puts it on CUDA); the validation
     callback's map building and matching must follow it."""
     dm = FuseLocDataModule(reader=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
-                           global_features=Vlad(num_clusters=4), output_dir=tmp_path, holdout_every=3,
+                           global_features=Vlad(num_clusters=4), output_dir=tmp_path, holdout_every=3, conditions=[],
                            confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=2))
     model = FuseLocModule(StrictLearnedFusion(dm.local_dim, dm.global_dim))
     trainer = pl.Trainer(accelerator="cpu", precision="64-true", fast_dev_run=True, callbacks=[LocalizationValidation()],
@@ -231,7 +231,7 @@ def test_localizer_with_a_faiss_gpu_index_equals_cpu(tmp_path):
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_fast_dev_run_on_gpu_goes_through_the_validation_callback(tmp_path):
     dm = FuseLocDataModule(reader=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
-                           global_features=Vlad(num_clusters=4), output_dir=tmp_path, holdout_every=3,
+                           global_features=Vlad(num_clusters=4), output_dir=tmp_path, holdout_every=3, conditions=[],
                            confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=2))
     model = FuseLocModule(StrictLearnedFusion(dm.local_dim, dm.global_dim))
     trainer = pl.Trainer(accelerator="gpu", devices=1, fast_dev_run=True, callbacks=[LocalizationValidation()],

@@ -424,7 +424,10 @@ def test_no_reader_validates_on_its_evaluation_queries(tmp_path):
         for data in reader.load_parts():
             assert len(data.queries) > 0, label
             validation = [] if data.validation is None else data.validation.names
+            training = [] if data.training_queries is None else data.training_queries.names
             assert not set(validation) & set(data.queries.names), label
+            assert not set(training) & set(data.queries.names), label
+            assert not set(training) & set(validation), label
             seen[label] = len(validation)
     # Readers with held-out posed queries still hand them out (RobotCar's training list while the test list is
     # evaluated); Cambridge's only posed queries are its test images, so it hands out none.
@@ -445,3 +448,30 @@ def test_validation_overlapping_the_evaluation_queries_is_dropped(caplog):
     assert any("1 of 2 validation queries are also evaluation queries" in r.getMessage() for r in caplog.records)
     only_test = LocalizationData(None, queries, BenchmarkSpec("b"), Path("."), validation=queries.subset([1]))
     assert only_test.validation is None
+
+
+def test_ground_truth_queries_split_once_per_condition_in_name_order():
+    from fuseloc.data.readers.base import split_ground_truth_queries
+
+    cam = Camera("PINHOLE", 10, 10, (5, 5, 5, 5))
+    names = [f"night/{i}.jpg" for i in (3, 0, 2, 1)] + [f"dusk/{i}.jpg" for i in range(4)]
+    conditions = ["night"] * 4 + ["dusk"] * 4
+    queries = QuerySet(names, [cam] * 8, [Pose.identity()] * 8, conditions)
+    train, val = split_ground_truth_queries(queries, 0.5)
+    # one cut in name (time) order per condition: neighbouring frames stay on one side
+    assert sorted(train.names) == ["dusk/0.jpg", "dusk/1.jpg", "night/0.jpg", "night/1.jpg"]
+    assert sorted(val.names) == ["dusk/2.jpg", "dusk/3.jpg", "night/2.jpg", "night/3.jpg"]
+    assert split_ground_truth_queries(queries, 0.0)[0] is None
+    assert split_ground_truth_queries(queries, 1.0)[1] is None
+    with pytest.raises(InputError, match="train_query_share"):
+        split_ground_truth_queries(queries, 1.5)
+
+
+def test_training_and_validation_queries_must_not_overlap():
+    from fuseloc.data.readers.base import BenchmarkSpec, LocalizationData
+
+    cam = Camera("PINHOLE", 10, 10, (5, 5, 5, 5))
+    queries = QuerySet(["q/1.jpg"], [cam])
+    posed = QuerySet(["v/3.jpg"], [cam], [Pose.identity()])
+    with pytest.raises(InputError, match="both training and validation"):
+        LocalizationData(None, queries, BenchmarkSpec("b"), Path("."), validation=posed, training_queries=posed)

@@ -346,12 +346,23 @@ def test_validation_queries_under_their_own_root_get_features(tiny_town: Path, t
     data = town_reader.TownReader(root=tiny_town, validation_query_seed=5).load()
     local, vlad = Sift(max_keypoints=256), Vlad(num_clusters=4)
     evaluation = prepare_features(data, local, vlad, tmp_path, progress=False)
+    evaluation.cache.close()  # the validation pass appends to the same files
     validation = prepare_features(LocalizationData(data.scene, data.validation, data.spec, data.root), local, vlad,
                                   tmp_path, progress=False)
     # One vocabulary (keyed by the database only) and one cache for both query sets.
     assert validation.global_tag == evaluation.global_tag
+    assert validation.cache.local_path == evaluation.cache.local_path
     for a, b in zip(data.queries.names, data.validation.names, strict=True):
         assert len(validation.cache.local(b).keypoints) > 0
-        assert not np.array_equal(evaluation.cache.global_descriptor(a), validation.cache.global_descriptor(b))
-    evaluation.cache.close()
+        assert not np.array_equal(validation.cache.global_descriptor(a), validation.cache.global_descriptor(b))
     validation.cache.close()
+
+
+def test_a_queries_only_town_renders_no_database_and_is_not_taken_for_a_full_one(tmp_path: Path):
+    root = generate_town(tmp_path / "q", TINY, database=False)
+    assert not list((root / "images" / "db").glob("*.png"))
+    assert len(list((root / "images" / "query").rglob("*.png"))) == TINY.n_day_queries + TINY.n_night_queries
+    assert (root / "sparse" / "images.txt").is_file()  # the database is described, only not rendered
+    assert generate.is_complete(root, TINY, database=False) and not generate.is_complete(root, TINY)
+    full = generate_town(root, TINY)  # asking for the full town renders it
+    assert generate.is_complete(full, TINY) and list((full / "images" / "db").glob("*.png"))

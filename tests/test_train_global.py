@@ -41,6 +41,7 @@ def _fit_args(out: Path, global_features: dict) -> list[str]:
         "global_features": global_features,
         "output_dir": str(out),
         "holdout_every": 2,
+        "conditions": [],
         "confuser_min_distance": 2.0,
         "batches": {"points_per_batch": 16, "batches_per_epoch": 2},
     }
@@ -96,7 +97,7 @@ def test_a_cache_of_another_size_than_declared_is_a_clear_error(tmp_path, monkey
     from fuseloc.data.datamodule import FuseLocDataModule
 
     dm = FuseLocDataModule(reader=ToyReader(tmp_path / "toy" / "cache"), local_features=ToyExtractor(),
-                           global_features=Liar(out_dim=24), output_dir=tmp_path, holdout_every=2,
+                           global_features=Liar(out_dim=24), output_dir=tmp_path, holdout_every=2, conditions=[],
                            batches=BatchConfig(points_per_batch=16, batches_per_epoch=2))
     assert dm.global_dim == 7
     with pytest.raises(InputError, match="declares 7-D global descriptors, but its cache holds 24-D"):

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def toy_datamodule(out: Path, **kwargs) -> FuseLocDataModule:
     return FuseLocDataModule(reader=ToyReader(out / "toy" / "cache"), local_features=ToyExtractor(),
-                             global_features=Vlad(num_clusters=4), output_dir=out, holdout_every=3,
+                             global_features=Vlad(num_clusters=4), output_dir=out, holdout_every=3, conditions=[],
                              confuser_min_distance=2.0, batches=BatchConfig(points_per_batch=16, batches_per_epoch=4), **kwargs)
 
 

@@ -9,13 +9,14 @@ separate; uniform sampling would almost never put both in one batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 
+from fuseloc.data.cross_condition import ConditionObservations
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.observations import ImageObservations, iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
@@ -35,15 +36,19 @@ BATCH_KEYS = {
 
 @dataclass
 class Correspondences:
-    """Database observations that could be tied to a cached keypoint.
+    """Observations tied to a cached keypoint and labelled by 3D point: the map's database observations first,
+    then (optionally) cross-condition ones (:mod:`fuseloc.data.cross_condition`).
 
     Attributes:
         local: (M, D) float32 local descriptor of each observation.
         obs_point: (M,) int64 3D point index (into ``points_xyz``) of each observation.
-        obs_image: (M,) int64 database image index (into ``global_desc``) of each observation.
-        global_desc: (N, G) float32 global descriptor of each database image.
+        obs_image: (M,) int64 image index (into ``global_desc`` and ``image_names``) of each observation.
+        global_desc: (N, G) float32 global descriptor of each image.
         points_xyz: (P, 3) float64 point positions in metres.
-        image_names: N database image names.
+        image_names: N image names; the first ``num_map_images`` are the scene's database images, in scene order.
+        image_condition: (N,) int64 index into ``conditions`` of each image; None: all database.
+        conditions: condition names; ``conditions[0]`` is the database's.
+        num_map_images: images that make the map (the database); None: all.
     """
 
     local: np.ndarray
@@ -52,27 +57,80 @@ class Correspondences:
     global_desc: np.ndarray
     points_xyz: np.ndarray
     image_names: list[str]
+    image_condition: np.ndarray | None = None
+    conditions: tuple[str, ...] = ("database",)
+    num_map_images: int | None = None
 
     @property
     def num_observations(self) -> int:
         return len(self.obs_point)
 
+    @property
+    def map_images(self) -> int:
+        return len(self.image_names) if self.num_map_images is None else self.num_map_images
+
+    @property
+    def obs_condition(self) -> np.ndarray:
+        """(M,) int64 condition index of each observation."""
+        if self.image_condition is None:
+            return np.zeros(len(self.obs_image), np.int64)
+        return self.image_condition[self.obs_image]
+
+    def map_observations(self) -> np.ndarray:
+        """(M,) bool: the observation is one of the map's (a database image's)."""
+        return self.obs_image < self.map_images
+
     def iter_images(self) -> Iterator[ImageObservations]:
-        """The observations again per database image, as :func:`iter_image_observations` yielded them."""
-        starts = np.flatnonzero(np.r_[True, self.obs_image[1:] != self.obs_image[:-1]])
-        for start, stop in zip(starts, np.r_[starts[1:], len(self.obs_image)]):
-            yield ImageObservations(int(self.obs_image[start]), self.local[start:stop], self.obs_point[start:stop])
+        """The map's observations again per database image, as :func:`iter_image_observations` yielded them."""
+        stop_all = int(np.searchsorted(self.obs_image, self.map_images)) if self.num_map_images is not None \
+            else len(self.obs_image)
+        obs_image = self.obs_image[:stop_all]
+        starts = np.flatnonzero(np.r_[True, obs_image[1:] != obs_image[:-1]]) if stop_all else np.zeros(0, np.int64)
+        for start, stop in zip(starts, np.r_[starts[1:], stop_all]):
+            yield ImageObservations(int(obs_image[start]), self.local[start:stop], self.obs_point[start:stop])
 
     def observations_per_point(self) -> np.ndarray:
         return np.bincount(self.obs_point, minlength=len(self.points_xyz))
 
     def mean_local(self) -> tuple[np.ndarray, np.ndarray]:
-        """(indices of points with observations, their (K, D) mean local descriptors)."""
-        counts = self.observations_per_point()
+        """(indices of points with map observations, their (K, D) mean local descriptors over the map's observations)."""
+        ok = self.map_observations()
+        counts = np.bincount(self.obs_point[ok], minlength=len(self.points_xyz))
         sums = np.zeros((len(self.points_xyz), self.local.shape[1]), np.float64)
-        np.add.at(sums, self.obs_point, self.local)
+        np.add.at(sums, self.obs_point[ok], self.local[ok])
         has = np.flatnonzero(counts > 0)
         return has, (sums[has] / counts[has, None]).astype(np.float32)
+
+
+def add_condition_observations(corr: Correspondences, extra: Iterable[ConditionObservations]) -> Correspondences:
+    """``corr`` with extra images appended after the map's (their observations labelled by the same 3D points).
+
+    Images without any tied keypoint are left out. The map part (``iter_images``, ``mean_local``) is unchanged.
+    """
+    conditions = list(corr.conditions)
+    image_condition = list(corr.image_condition) if corr.image_condition is not None else [0] * len(corr.image_names)
+    names, globals_, local, points, images = list(corr.image_names), [corr.global_desc], [corr.local], \
+        [corr.obs_point], [corr.obs_image]
+    per_condition: dict[str, int] = {}
+    for item in extra:
+        if len(item.points) == 0:
+            continue
+        if item.condition not in conditions:
+            conditions.append(item.condition)
+        if item.global_desc.shape[-1] != corr.global_desc.shape[1] or item.descriptors.shape[1] != corr.local.shape[1]:
+            raise InputError(f"image {item.name!r}: descriptor dimensions differ from the database's")
+        images.append(np.full(len(item.points), len(names), np.int64))
+        names.append(item.name)
+        image_condition.append(conditions.index(item.condition))
+        globals_.append(item.global_desc.reshape(1, -1).astype(np.float32))
+        local.append(item.descriptors.astype(np.float32))
+        points.append(item.points.astype(np.int64))
+        per_condition[item.condition] = per_condition.get(item.condition, 0) + len(item.points)
+    if per_condition:
+        logger.info("cross-condition observations: %s", ", ".join(f"{c} {n}" for c, n in per_condition.items()))
+    return Correspondences(np.concatenate(local), np.concatenate(points), np.concatenate(images),
+                           np.concatenate(globals_), corr.points_xyz, names, np.asarray(image_condition, np.int64),
+                           tuple(conditions), corr.map_images)
 
 
 def gather_correspondences(
@@ -180,6 +238,7 @@ class CorrespondenceBatches(torch.utils.data.IterableDataset):
             raise InputError("no 3D point has two or more usable observations; cannot form positive pairs")
         self._order = np.argsort(corr.obs_point, kind="stable")
         self._bounds = np.searchsorted(corr.obs_point[self._order], np.arange(len(corr.points_xyz) + 1))
+        self._obs_condition = corr.obs_condition if len(corr.conditions) > 1 else None
 
     def __len__(self) -> int:
         return self.config.batches_per_epoch
@@ -216,12 +275,29 @@ class CorrespondenceBatches(torch.utils.data.IterableDataset):
         is_conf = np.r_[np.zeros(len(anchors) + len(fill), bool), np.ones(len(confusers), bool)]
         return points, is_conf
 
+    def pick_observations(self, obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Up to M of a point's observations ``obs``, spread over as many conditions as it has: conditions in a
+        random order, one observation each, round after round, so that a point seen under two conditions always
+        brings a cross-condition positive pair."""
+        m = min(self.config.obs_per_point, len(obs))
+        if self._obs_condition is None:
+            return rng.choice(obs, m, replace=False)
+        shuffled = rng.permutation(obs)
+        condition = self._obs_condition[shuffled]
+        ranks = rng.permutation(int(condition.max()) + 1)[condition]  # a random order of the conditions
+        # round r holds the r-th observation of every condition; within a round, conditions in the random order
+        within = np.zeros(len(shuffled), np.int64)
+        for c in np.unique(condition):
+            members = np.flatnonzero(condition == c)
+            within[members] = np.arange(len(members))
+        return shuffled[np.lexsort((ranks, within))[:m]]
+
     def sample(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         points, is_conf = self.sample_points(rng)
         rows, flags = [], []
         for p, c in zip(points, is_conf, strict=True):
             obs = self._order[self._bounds[p] : self._bounds[p + 1]]
-            take = rng.choice(obs, min(self.config.obs_per_point, len(obs)), replace=False)
+            take = self.pick_observations(obs, rng)
             rows.append(take)
             flags.append(np.full(len(take), c))
         rows_all = np.concatenate(rows)

@@ -13,9 +13,17 @@ Validation split (``validation``):
 - ``auto``: the reader's ``LocalizationData.validation`` queries when it provides them, else ``holdout``.
 - ``holdout``: every ``holdout_every``-th database image (in name order, from ``holdout_offset``) is removed
   from the training scene (and, for readers without 3D points, from the triangulation, so no held-out image
-  contributes to the map) and localized against it with its database pose as ground truth. The evaluation
-  queries are never used for training or model selection. The VLAD vocabulary is still trained on all
-  database images, held-out ones included, exactly as in ``evaluate.py``.
+  contributes to the map) and localized against it with its database pose as ground truth, as it is
+  (condition ``original``) and re-rendered under each training condition without the warp (one condition
+  each), so that validation sees a change of light and can tell fusions apart. The evaluation queries are
+  never used for training or model selection. The VLAD vocabulary is still trained on all database images,
+  held-out ones included, exactly as in ``evaluate.py``.
+
+Cross-condition training samples (:mod:`fuseloc.data.cross_condition`): every training database image is also
+re-rendered under each of ``conditions`` (night, dusk, haze... by default) and its keypoints tied to the same
+3D points, and a reader's ``training_queries`` (real queries with public ground truth, never evaluation or
+validation queries) are tied to map points by projection. Batches then pair each point's observations across
+conditions (:meth:`~fuseloc.data.correspondences.CorrespondenceBatches.pick_observations`).
 """
 
 from __future__ import annotations
@@ -29,12 +37,20 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
+from fuseloc.data.conditions import ConditionTransform, default_conditions
 from fuseloc.data.correspondences import (
     BatchConfig,
     CorrespondenceBatches,
     Correspondences,
+    add_condition_observations,
     gather_correspondences,
     mine_confusers,
+)
+from fuseloc.data.cross_condition import (
+    RenderedImages,
+    projected_observations,
+    render_database,
+    rendered_observations,
 )
 from fuseloc.data.extractors import GlobalExtractor, LocalExtractor, Sift, Vlad
 from fuseloc.data.feature_cache import FeatureCache
@@ -68,6 +84,30 @@ class ValidationSet:
     spec: BenchmarkSpec
     source: str
     correspondences: Correspondences | None = None
+
+
+@dataclass
+class TrainingSources:
+    """What :meth:`FuseLocDataModule.setup` builds the training correspondences and the validation set from
+    (prepared once, on rank 0 under DDP, and sent to the other processes).
+
+    Attributes:
+        data: the dataset as read.
+        scene: the training scene (held-out images removed, triangulated when the reader gives no points).
+        validation: validation queries with ground truth.
+        spec: the validation's benchmark rules (per-condition splits for re-rendered held-out images).
+        source: ``reader`` or ``holdout``.
+        rendered: training database images re-rendered under other conditions; None: none.
+        training_queries: the reader's real queries with ground truth for training; None: none.
+    """
+
+    data: LocalizationData
+    scene: Scene
+    validation: QuerySet
+    spec: BenchmarkSpec
+    source: str
+    rendered: RenderedImages | None = None
+    training_queries: QuerySet | None = None
 
 
 def holdout_queries(scene: Scene, every: int, offset: int = 0) -> tuple[np.ndarray, QuerySet]:
@@ -107,6 +147,14 @@ class FuseLocDataModule(pl.LightningDataModule):
         holdout_every: hold out every n-th database image for validation.
         holdout_offset: index (in name order) of the first held-out image.
         max_val_queries: cap on validation queries (evenly spaced); 0 keeps all.
+        conditions: conditions every training database image is re-rendered under (see the module docstring);
+            None: :func:`~fuseloc.data.conditions.default_conditions`; an empty list trains on the database
+            images alone.
+        condition_seed: seed of the re-renderings (each image's randomness also depends on its name).
+        render_every: re-render every n-th training database image (1: all), for large datasets.
+        train_on_reader_queries: learn from the reader's ``training_queries`` (real queries with ground truth).
+        association_radius: pixels; a re-rendered image's keypoint (or a real query's, by projection) within
+            this distance of an observation's (warped or projected) position takes its 3D point.
         batches: P x M batch sampling.
         confuser_neighbors: look-alike candidates mined per point.
         confuser_min_distance: metres; a look-alike closer than this is the same structure, not a confuser.
@@ -126,6 +174,11 @@ class FuseLocDataModule(pl.LightningDataModule):
         holdout_every: int = 8,
         holdout_offset: int = 0,
         max_val_queries: int = 0,
+        conditions: list[ConditionTransform] | None = None,
+        condition_seed: int = 0,
+        render_every: int = 1,
+        train_on_reader_queries: bool = True,
+        association_radius: float = 3.0,
         batches: BatchConfig = BatchConfig(),  # noqa: B008 (frozen)
         confuser_neighbors: int = 8,
         confuser_min_distance: float = 5.0,
@@ -144,6 +197,13 @@ class FuseLocDataModule(pl.LightningDataModule):
         self.holdout_every = holdout_every
         self.holdout_offset = holdout_offset
         self.max_val_queries = max_val_queries
+        if render_every < 1:
+            raise InputError(f"render_every must be >= 1, got {render_every}")
+        self.conditions = list(default_conditions()) if conditions is None else list(conditions)
+        self.condition_seed = condition_seed
+        self.render_every = render_every
+        self.train_on_reader_queries = train_on_reader_queries
+        self.association_radius = association_radius
         self.batches = batches
         self.confuser_neighbors = confuser_neighbors
         self.confuser_min_distance = confuser_min_distance
@@ -169,18 +229,23 @@ class FuseLocDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------------------------------- preparation
 
-    def _prepare(self) -> tuple[LocalizationData, PreparedFeatures, Scene, QuerySet, str]:
+    def _extract(self, data: LocalizationData, queries: QuerySet, cache_dir: Path) -> None:
+        """Features of extra images (validation queries, re-renderings) into the evaluation's caches; the VLAD key
+        depends on the database only, so they land in the same files."""
+        prepare_features(LocalizationData(data.scene, queries, data.spec, data.root), self.local_features,
+                         self.global_features, cache_dir, progress=False).cache.close()
+
+    def _prepare(self) -> tuple[TrainingSources, PreparedFeatures]:
         data = self.reader.load()
         cache_dir = self.output_dir / data.spec.name / "cache"
         use_reader_validation = self.validation == "auto" and data.validation is not None
         if use_reader_validation:
             if not data.validation.has_ground_truth:
                 raise InputError("the reader's validation queries have no ground-truth poses", data.root)
-            # Validation images evaluate.py never sees; same files (the VLAD key depends on the database only).
-            prepare_features(LocalizationData(data.scene, data.validation, data.spec, data.root), self.local_features,
-                             self.global_features, cache_dir, progress=False).cache.close()
+            self._extract(data, data.validation, cache_dir)
         # Features (and the VLAD vocabulary) exactly as evaluate.py makes them, over all database images.
         features = prepare_features(data, self.local_features, self.global_features, cache_dir, progress=False)
+        spec = data.spec
         if use_reader_validation:
             train_data, val_queries, source = data, data.validation, "reader"
         else:
@@ -188,38 +253,71 @@ class FuseLocDataModule(pl.LightningDataModule):
             train_data = replace(data, scene=data.scene.subset_images(~held))
             source = "holdout"
         scene = prepare_scene(train_data, features, self.triangulation, cache_dir)
+        # The extra images below are extracted into the same files, which must not be open meanwhile.
+        features.cache.close()
+        if source == "holdout" and self.conditions:
+            # Held-out images as they are and under each condition (no warp: the pose must stay exact).
+            photometric = [replace(t, warp=0.0) for t in self.conditions]
+            val_queries = render_database(data.scene, np.flatnonzero(held), photometric, self.condition_seed,
+                                          cache_dir, keep_original=True).queries
+            self._extract(data, val_queries, cache_dir)
+            spec = replace(spec, splits={})  # one split per condition
         if self.max_val_queries and len(val_queries) > self.max_val_queries:
             pick = np.unique(np.linspace(0, len(val_queries) - 1, self.max_val_queries).round().astype(int))
             val_queries = val_queries.subset(pick)
-        return data, features, scene, val_queries, source
+        rendered = None
+        if self.conditions:
+            rows = np.arange(0, scene.num_images, self.render_every)
+            rendered = render_database(scene, rows, self.conditions, self.condition_seed, cache_dir)
+            self._extract(data, rendered.queries, cache_dir)
+        training_queries = data.training_queries if self.train_on_reader_queries else None
+        if training_queries is not None:
+            if not training_queries.has_ground_truth:
+                raise InputError("the reader's training queries have no ground-truth poses", data.root)
+            self._extract(data, training_queries, cache_dir)
+        features = replace(features, cache=FeatureCache(features.cache.local_path, features.cache.global_path))
+        return TrainingSources(data, scene, val_queries, spec, source, rendered, training_queries), features
 
     def setup(self, stage: str | None = None) -> None:
         if self.correspondences is not None:
             return
         strategy = None if self.trainer is None else self.trainer.strategy
         if strategy is None or strategy.world_size == 1:
-            data, features, scene, val_queries, source = self._prepare()
+            sources, features = self._prepare()
         else:
             # Only rank 0 touches the caches for writing (h5 files opened for appending by several processes
             # collide); the others get what it prepared and open the same files read-only.
             payload = None
             if strategy.global_rank == 0:
-                data, features, scene, val_queries, source = self._prepare()
-                payload = (data, features.cache.local_path, features.cache.global_path, features.local_tag,
-                           features.global_tag, scene, val_queries, source)
+                sources, features = self._prepare()
+                payload = (sources, features.cache.local_path, features.cache.global_path, features.local_tag,
+                           features.global_tag)
             payload = strategy.broadcast(payload, src=0)
             if strategy.global_rank != 0:
-                data, local_path, global_path, local_tag, global_tag, scene, val_queries, source = payload
+                sources, local_path, global_path, local_tag, global_tag = payload
                 features = PreparedFeatures(FeatureCache(local_path, global_path), local_tag, global_tag)
-        self.correspondences = gather_correspondences(scene, features.cache, features.local_tag)
+        scene = sources.scene
+        correspondences = gather_correspondences(scene, features.cache, features.local_tag)
+        extra = []
+        if sources.rendered is not None:
+            extra.append(rendered_observations(scene, sources.rendered, features.cache, self.association_radius))
+        if sources.training_queries is not None:
+            extra.append(projected_observations(scene, sources.training_queries, features.cache,
+                                                self.association_radius))
+        for part in extra:
+            correspondences = add_condition_observations(correspondences, part)
+        self.correspondences = correspondences
         found = self.correspondences.global_desc.shape[1]
         if found != self.global_dim:
             # The fusion was built for global_dim (train.py links it); a cache of another size cannot train it.
             raise InputError(f"{self.global_features.tag()} declares {self.global_dim}-D global descriptors, but its "
                              f"cache holds {found}-D ones", features.cache.global_path)
         self.confusers = mine_confusers(self.correspondences, self.confuser_neighbors, self.confuser_min_distance)
-        self.validation_set = ValidationSet(scene, features, val_queries, data.spec, source, self.correspondences)
-        logger.info("validation on %d %s queries of %s", len(val_queries), source, data.spec.name)
+        self.validation_set = ValidationSet(scene, features, sources.validation, sources.spec, sources.source,
+                                            self.correspondences)
+        logger.info("validation on %d %s queries of %s (%s)", len(sources.validation), sources.source,
+                    sources.spec.name, ", ".join(f"{c} {sources.validation.conditions.count(c)}"
+                                                 for c in sorted(set(sources.validation.conditions))))
         self._train = CorrespondenceBatches(self.correspondences, self.confusers, self.batches)
         self._train.epoch_source = self._trainer_epoch
         # A fixed set, identical in every process (Lightning shards it under DDP).
@@ -234,7 +332,9 @@ class FuseLocDataModule(pl.LightningDataModule):
         """Data-driven initialisation of a fusion (PCA) from the training images' global descriptors."""
         if self.correspondences is None:
             raise RuntimeError("setup() must run before fit_fusion()")
-        fusion.fit(self.correspondences.global_desc, self.correspondences.local)
+        corr = self.correspondences
+        # The map's images only, as evaluate.py's fixed fusion fits its PCA: training starts from that fusion.
+        fusion.fit(corr.global_desc[: corr.map_images], corr.local[corr.map_observations()])
 
     # ------------------------------------------------------------------------------------------ loaders
 

@@ -206,6 +206,9 @@ def _open_writable(path: Path) -> h5py.File:
     except OSError as exc:
         if "unable to lock file" in str(exc).lower():
             raise InputError("the cache is being written by another process (two runs on one output_dir?)", path) from None
+        if "already open" in str(exc).lower():
+            # this process still reads it: a programming error, and no reason to throw the cache away
+            raise RuntimeError(f"{path} is open for reading in this process; close it before writing") from exc
         logger.warning("%s cannot be opened (%s); rebuilding it", path, str(exc).splitlines()[0])
         path.unlink()
         return h5py.File(path, "w", libver=_LIBVER)

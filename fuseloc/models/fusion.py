@@ -202,7 +202,8 @@ class LearnedFusion(Fusion):
         conditioned_gate: make ``b`` depend on the image's reduced global descriptor.
         project_local: learn the D x D local projection ``A``.
         train_projection: learn ``P``; off keeps the PCA from :meth:`fit`.
-
+        projection_decay: weight of the penalty ``‖P - P_pca‖²`` (and ``‖A - I‖²`` with ``project_local``) that
+            keeps the learned projections near their initialisation (:meth:`regularization`).
         normalize_output: L2-normalise the fused descriptor.
 
     The defaults learn only λ and the per-dimension gates (1 + 2D parameters): training sees database images
@@ -219,6 +220,7 @@ class LearnedFusion(Fusion):
         conditioned_gate: bool = False,
         project_local: bool = False,
         train_projection: bool = False,
+        projection_decay: float = 0.0,
         normalize_output: bool = True,
     ):
         super().__init__(local_dim, global_dim)
@@ -229,11 +231,16 @@ class LearnedFusion(Fusion):
         self.conditioned_gate = conditioned_gate
         self.project_local = project_local
         self.train_projection = train_projection
+        if projection_decay < 0:
+            raise InputError(f"projection_decay must be >= 0, got {projection_decay}")
+        self.projection_decay = projection_decay
         self.normalize_output = normalize_output
         self.lam_logit = nn.Parameter(torch.tensor(_logit(init_lam)))
         self.register_buffer("global_mean", torch.zeros(global_dim))
         self.register_buffer("fitted", torch.tensor(False))
         self.global_projection = nn.Parameter(torch.zeros(global_dim, local_dim), requires_grad=train_projection)
+        # the PCA that fit() found: what projection_decay pulls a learned P back to
+        self.register_buffer("initial_projection", torch.zeros(global_dim, local_dim))
         if per_dim_gate:
             self.local_gate_logit = nn.Parameter(torch.zeros(local_dim))
             self.global_gate_logit = nn.Parameter(torch.zeros(local_dim))
@@ -261,7 +268,26 @@ class LearnedFusion(Fusion):
         with torch.no_grad():
             self.global_mean.copy_(torch.from_numpy(mean))
             self.global_projection.copy_(torch.from_numpy(projection))
+            self.initial_projection.copy_(torch.from_numpy(projection))
             self.fitted.fill_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        # Fusions saved before initial_projection existed: their projection was never learned away from the PCA.
+        if prefix + "initial_projection" not in state_dict and prefix + "global_projection" in state_dict:
+            state_dict[prefix + "initial_projection"] = state_dict[prefix + "global_projection"]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def regularization(self) -> Tensor:
+        """``projection_decay`` x (‖P - P_pca‖² + ‖A - I‖²) over the projections being learned (0 when none is)."""
+        total = torch.zeros((), dtype=self.lam_logit.dtype, device=self.lam_logit.device)
+        if self.projection_decay == 0:
+            return total
+        if self.train_projection:
+            total = total + (self.global_projection - self.initial_projection).square().sum()
+        if self.project_local:
+            eye = torch.eye(self.local_dim, dtype=total.dtype, device=total.device)
+            total = total + (self.local_projection - eye).square().sum()
+        return self.projection_decay * total
 
     def local_gate(self) -> Tensor:
         """[D] per-dimension weights of the local part (all 1 without ``per_dim_gate``)."""

@@ -76,6 +76,10 @@ class LocalizationData:
             query that is also in ``queries`` is dropped here (with a warning), and an emptied set becomes None.
         part: name of this part when a dataset has several independent maps (``slice2``, ``ShopFacade``);
             None for single-map datasets.
+        training_queries: queries with public ground truth that training may learn from (cross-condition
+            supervision: their keypoints are tied to map points by projection with the ground-truth pose), e.g.
+            part of RobotCar's training queries; disjoint from ``validation`` and, like it, never an evaluation
+            query (dropped here with a warning).
     """
 
     scene: Scene
@@ -84,6 +88,7 @@ class LocalizationData:
     root: Path
     validation: QuerySet | None = None
     part: str | None = None
+    training_queries: QuerySet | None = None
 
     def __post_init__(self) -> None:
         also_database = sorted(set(self.queries.names) & set(self.scene.image_names if self.scene is not None else ()))
@@ -92,17 +97,47 @@ class LocalizationData:
             logger.warning("%s%s: %d of %d queries are also database images (e.g. %r); their poses are not a test "
                            "of localization", self.spec.name, f"/{self.part}" if self.part else "", len(also_database),
                            len(self.queries), also_database[0])
-        if self.validation is None:
-            return
+        self.validation = self._without_evaluated(self.validation, "validation", " (validation falls back to "
+                                                  "held-out database images)")
+        self.training_queries = self._without_evaluated(self.training_queries, "training", "")
+        if self.validation is not None and self.training_queries is not None:
+            shared = set(self.validation.names) & set(self.training_queries.names)
+            if shared:
+                raise InputError(f"{len(shared)} queries are both training and validation queries (e.g. "
+                                 f"{sorted(shared)[0]!r})", self.root)
+
+    def _without_evaluated(self, queries: QuerySet | None, what: str, fallback: str) -> QuerySet | None:
+        """``queries`` without the evaluation queries (warning with the counts); None when none is left."""
+        if queries is None:
+            return None
         evaluated = set(self.queries.names)
-        keep = [i for i, name in enumerate(self.validation.names) if name not in evaluated]
-        if len(keep) == len(self.validation):
-            return
-        logger.warning("%s%s: %d of %d validation queries are also evaluation queries; they are not used for "
-                       "validation%s", self.spec.name, f"/{self.part}" if self.part else "",
-                       len(self.validation) - len(keep), len(self.validation),
-                       "" if keep else " (validation falls back to held-out database images)")
-        self.validation = self.validation.subset(keep) if keep else None
+        keep = [i for i, name in enumerate(queries.names) if name not in evaluated]
+        if len(keep) == len(queries):
+            return queries
+        logger.warning("%s%s: %d of %d %s queries are also evaluation queries; they are not used for %s%s",
+                       self.spec.name, f"/{self.part}" if self.part else "", len(queries) - len(keep), len(queries),
+                       what, what, fallback if not keep else "")
+        return queries.subset(keep) if keep else None
+
+
+def split_ground_truth_queries(queries: QuerySet | None, train_share: float) -> tuple[QuerySet | None, QuerySet | None]:
+    """(training, validation) parts of a reader's non-test ground-truth queries.
+
+    Per condition, the queries in name order (for sequences: time order) are cut once: the first ``train_share``
+    train, the rest validate. One cut, not interleaving, so that neighbouring frames of one sequence (nearly the
+    same image) do not land on both sides. ``train_share`` 0 keeps all for validation, 1 all for training.
+    """
+    if not 0.0 <= train_share <= 1.0:
+        raise InputError(f"train_query_share must be in [0, 1], got {train_share}")
+    if queries is None:
+        return None, None
+    train, val = [], []
+    for condition in sorted(set(queries.conditions)):
+        rows = sorted((i for i, c in enumerate(queries.conditions) if c == condition), key=lambda i: queries.names[i])
+        cut = int(round(train_share * len(rows)))
+        train += rows[:cut]
+        val += rows[cut:]
+    return (queries.subset(sorted(train)) if train else None), (queries.subset(sorted(val)) if val else None)
 
 
 class DatasetReader:

@@ -29,6 +29,7 @@ from fuseloc.data.readers.base import (
     LocalizationData,
     check_images_exist,
     resolve_root,
+    split_ground_truth_queries,
 )
 from fuseloc.data.readers.generic import read_pose_list
 from fuseloc.data.scene import QuerySet, Scene
@@ -85,17 +86,20 @@ class CMUReader(DatasetReader):
             used and the map is triangulated.
         check_images: fail early when a listed image file is missing.
         name: benchmark name used in output paths.
+        train_query_share: with ``queries: test``, share of a slice's ``camera-poses`` ground-truth queries (the
+            first in name order) that training learns from; the rest validate.
     """
 
     def __init__(self, root: str | Path | None = None, slices: list[int] | None = None,
                  queries: Literal["test", "train"] = "test", model: str = "sparse", check_images: bool = True,
-                 name: str = "cmu_extended"):
+                 name: str = "cmu_extended", train_query_share: float = 0.5):
         self.root = root
         self.slices = list(TEST_SLICES) if slices is None else list(slices)
         self.queries = queries
         self.model = model
         self.check_images = check_images
         self.name = name
+        self.train_query_share = train_query_share
 
     def spec(self) -> BenchmarkSpec:
         return BenchmarkSpec(name=self.name, thresholds=STANDARD_THRESHOLDS,
@@ -120,11 +124,11 @@ class CMUReader(DatasetReader):
         intrinsics_path = root / "intrinsics.txt"
         cameras = read_cmu_intrinsics(intrinsics_path)
         scene = self._scene(slice_dir, number, cameras, intrinsics_path)
-        validation = self._camera_poses(slice_dir, cameras, condition)
+        ground_truth = self._camera_poses(slice_dir, cameras, condition)
         if self.queries == "train":
-            if validation is None:
+            if ground_truth is None:
                 raise InputError("queries='train' needs non-empty camera-poses/*.txt ground truth", slice_dir / "camera-poses")
-            queries, validation = validation, None  # evaluated queries never validate
+            queries, training, validation = ground_truth, None, None  # evaluated queries never train or validate
         else:
             list_path = slice_dir / f"test-images-slice{number}.txt"
             names, query_cameras = [], []
@@ -134,12 +138,13 @@ class CMUReader(DatasetReader):
                 if self.check_images and not (slice_dir / names[-1]).is_file():
                     raise InputError(f"query image {names[-1]!r} not found under {slice_dir}", list_path, line)
             queries = QuerySet(names, query_cameras, None, [condition] * len(names), slice_dir)
+            training, validation = split_ground_truth_queries(ground_truth, self.train_query_share)
         if self.check_images:
             check_images_exist(slice_dir, scene.image_names, slice_dir / self.model, "database")
         logger.info("CMU slice %d (%s): %d database images, %d points, %d queries", number, condition, scene.num_images,
                     scene.num_points, len(queries))
         return LocalizationData(scene=scene, queries=queries, spec=self.spec(), root=root, validation=validation,
-                                part=f"slice{number}")
+                                part=f"slice{number}", training_queries=training)
 
     @staticmethod
     def _query_camera(cameras: dict[str, Camera], name: str, intrinsics_path: Path, path: Path, line: int | None) -> Camera:

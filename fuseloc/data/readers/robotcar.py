@@ -12,8 +12,9 @@ Quirks handled here: NVM names lose their leading ``./`` and their ``.png`` beco
 are JPEG); the reference model was built with COLMAP, whose NVM exporter writes ABSOLUTE pixel measurements
 (not VisualSFM's centre-relative ones): the convention is checked by reprojection when the file is read
 (DATASETS.md §2.1); the test list's condition is found by looking the timestamp up in the condition folders;
-training poses are camera-to-world and are inverted. The training queries are the validation set only when
-the test list is what gets localized: no query is ever used both for model selection and for evaluation.
+training poses are camera-to-world and are inverted. The training queries train and validate only when the test
+list is what gets localized (split per condition in time order, ``train_query_share``): no query is ever used both
+for training or model selection and for evaluation.
 Internal names are ``<condition>/<camera>/<timestamp>.jpg``; submissions use ``rear/<timestamp>.jpg``.
 """
 
@@ -33,6 +34,7 @@ from fuseloc.data.readers.base import (
     LocalizationData,
     check_images_exist,
     resolve_root,
+    split_ground_truth_queries,
 )
 from fuseloc.data.readers.nvm import MeasurementConvention, read_nvm
 from fuseloc.data.scene import QuerySet
@@ -84,8 +86,8 @@ class RobotCarReader(DatasetReader):
         nvm: reference NVM model relative to ``root``.
         intrinsics: folder of ``<camera>_intrinsics.txt`` files relative to ``root``.
         test_list: v2 test query list relative to ``root``.
-        train_list: v2 training queries with poses relative to ``root``; the validation set when present and
-            ``queries`` is ``test``.
+        train_list: v2 training queries with poses relative to ``root``; when present and ``queries`` is ``test``,
+            split into training queries (cross-condition supervision) and validation queries.
         queries: ``test`` (server submission) or ``train`` (local evaluation against the public poses; validation
             then holds out database images instead).
         image_size: (width, height) of the images; 1024x1024 in the release.
@@ -93,13 +95,15 @@ class RobotCarReader(DatasetReader):
         name: benchmark name used in output paths.
         measurements: pixel convention of the NVM measurements: ``auto`` (decided by reprojection; the release
             file is absolute), ``absolute`` or ``centered``.
+        train_query_share: share of each condition's training queries (the first in time order) that training
+            learns from; the rest validate (:func:`~fuseloc.data.readers.base.split_ground_truth_queries`).
     """
 
     def __init__(self, root: str | Path | None = None, images: str = "images", nvm: str = "3D-models/all-merged/all.nvm",
                  intrinsics: str = "intrinsics", test_list: str = "robotcar_v2_test.txt",
                  train_list: str = "robotcar_v2_train.txt", queries: Literal["test", "train"] = "test",
                  image_size: tuple[int, int] = (1024, 1024), check_images: bool = True, name: str = "robotcar_v2",
-                 measurements: MeasurementConvention = "auto"):
+                 measurements: MeasurementConvention = "auto", train_query_share: float = 0.5):
         self.root = root
         self.images = images
         self.nvm = nvm
@@ -111,6 +115,7 @@ class RobotCarReader(DatasetReader):
         self.check_images = check_images
         self.name = name
         self.measurements = measurements
+        self.train_query_share = train_query_share
         self._cameras: dict[str, Camera] = {}
         self._index: dict[tuple[str, str], list[str]] | None = None
 
@@ -208,11 +213,13 @@ class RobotCarReader(DatasetReader):
         if self.queries == "train":
             if train is None:
                 raise InputError("queries='train' needs the training poses file", root / self.train_list)
-            queries, validation = train, None
+            queries, validation, training = train, None, None
         else:
-            queries, validation = self.read_test_list(root), train
+            queries = self.read_test_list(root)
+            training, validation = split_ground_truth_queries(train, self.train_query_share)
         logger.info("RobotCar: %d database images, %d points, %d %s queries", scene.num_images, scene.num_points,
                     len(queries), self.queries)
         spec = BenchmarkSpec(name=self.name, thresholds=STANDARD_THRESHOLDS, splits=DAY_NIGHT_SPLITS,
                              submission_names="parent_basename", submission_extension=".jpg")
-        return LocalizationData(scene=scene, queries=queries, spec=spec, root=root, validation=validation)
+        return LocalizationData(scene=scene, queries=queries, spec=spec, root=root, validation=validation,
+                                training_queries=training)

@@ -41,7 +41,9 @@ class TownReader(DatasetReader):
         val_config = replace(config, query_seed=self.validation_query_seed)
         val_root = default_scene_dir(val_config) if self.root is None else self.root.with_name(
             f"{self.root.name}-valq{self.validation_query_seed}")
-        val = GenericReader(generate_town(val_root, val_config), name="town").load().queries
+        # Only its queries are rendered: its database is this town's, rendered above.
+        val = GenericReader(generate_town(val_root, val_config, database=False), name="town",
+                            check_images=False).load().queries
         # Feature caches are keyed by image name: root the names one level up so that the validation
         # queries never share a name (and cached features) with the evaluation queries.
         prefix = Path(val.image_root).name

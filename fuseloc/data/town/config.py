@@ -55,8 +55,8 @@ class TownConfig:
     db_pitch_deg: float = 5.0  # positive looks up
 
     # Queries: random positions in the streets, headings near the database headings.
-    n_day_queries: int = 24
-    n_night_queries: int = 24
+    n_day_queries: int = 100
+    n_night_queries: int = 100
     query_margin: float = 3.0  # m from the end walls
     query_max_lateral: float = 1.5  # m off the centre line (at least 0.3 m)
     query_height_jitter: float = 0.15  # m

@@ -24,16 +24,20 @@ from fuseloc.data.town.write import write_scene
 logger = logging.getLogger(__name__)
 
 
-def _completion_record(config: TownConfig) -> dict[str, Any]:
-    return {
+def _completion_record(config: TownConfig, database: bool = True) -> dict[str, Any]:
+    record = {
         "config": config.to_json(),
         "scene_hash": scene_hash(config),
         "generator_version": GENERATOR_VERSION,
     }
+    if not database:
+        record["database_images"] = False  # absent for full towns, so that older markers stay valid
+    return record
 
 
-def is_complete(root: Path, config: TownConfig) -> bool:
-    """True when ``root`` holds a finished town generated from ``config`` by this generator version."""
+def is_complete(root: Path, config: TownConfig, database: bool = True) -> bool:
+    """True when ``root`` holds a finished town generated from ``config`` by this generator version (with its
+    database images, or without them when ``database`` is False)."""
     marker = Path(root) / ".complete"
     if not marker.is_file():
         return False
@@ -41,7 +45,7 @@ def is_complete(root: Path, config: TownConfig) -> bool:
         record = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return record == _completion_record(config)
+    return record == _completion_record(config, database)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -68,6 +72,7 @@ def generate_town(
     config: TownConfig = TownConfig(),  # noqa: B008 (frozen, so a shared default is safe)
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    database: bool = True,
 ) -> Path:
     """Render the town and write it to ``root`` in the generic dataset layout.
 
@@ -80,12 +85,14 @@ def generate_town(
         config: the town to generate.
         overwrite: regenerate even if a complete town for this config is there.
         progress: optional ``callback(done, total)`` after each image.
+        database: render the database images; False writes the whole scene description but renders only the
+            queries (another query seed of a town whose database images exist elsewhere).
 
     Returns:
         ``root``.
     """
     root = Path(root)
-    if not overwrite and is_complete(root, config):
+    if not overwrite and is_complete(root, config, database):
         logger.debug("synthetic town already complete at %s", root)
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -97,24 +104,25 @@ def generate_town(
     try:
         town = build_town(config)
         views = plan_views(config)
+        rendered_views = views if database else [v for v in views if v.condition != "db"]
         K = intrinsics_matrix(config)
         for folder in ("images/db", "images/query/day", "images/query/night"):
             (tmp / folder).mkdir(parents=True, exist_ok=True)
-        for i, view in enumerate(views):
+        for i, view in enumerate(rendered_views):
             rendered = render_view(town, K, view.R, view.t, config.image_width, config.image_height)
             image = apply_photometry(rendered.rgb, view, config)
             if not cv2.imwrite(str(tmp / "images" / view.name), image):
                 raise OSError(f"could not write {tmp / 'images' / view.name}")
             if progress is not None:
-                progress(i + 1, len(views))
-            if (i + 1) % 25 == 0 or i + 1 == len(views):
-                logger.info("synthetic town: rendered %d/%d images", i + 1, len(views))
+                progress(i + 1, len(rendered_views))
+            if (i + 1) % 25 == 0 or i + 1 == len(rendered_views):
+                logger.info("synthetic town: rendered %d/%d images", i + 1, len(rendered_views))
         write_scene(tmp, town, views, config)
         (tmp / ".complete").write_text(
-            json.dumps(_completion_record(config), indent=1, sort_keys=True) + "\n"
+            json.dumps(_completion_record(config, database), indent=1, sort_keys=True) + "\n"
         )
 
-        if not overwrite and is_complete(root, config):  # a concurrent run finished first
+        if not overwrite and is_complete(root, config, database):  # a concurrent run finished first
             shutil.rmtree(tmp)
             return root
         old = None
@@ -130,11 +138,11 @@ def generate_town(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    n_db = sum(v.condition == "db" for v in views)
+    n_db = sum(v.condition == "db" for v in rendered_views)
     logger.info(
         "synthetic town: %d database + %d query images written to %s in %.1f s",
         n_db,
-        len(views) - n_db,
+        len(rendered_views) - n_db,
         root,
         time.perf_counter() - start,
     )
