@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from fixtures.scripts import load_script
@@ -179,3 +180,25 @@ def test_ckpt_path_last_resumes_the_latest_run_under_the_output_dir_and_ends_wit
         torch.testing.assert_close(resumed["state_dict"][name], value, rtol=0, atol=0, msg=name)
     assert after_first["epoch"] == 0  # the second epoch was trained, not skipped or loaded
     assert any(not torch.equal(after_first["state_dict"][n], v) for n, v in straight["state_dict"].items())
+
+
+def _epoch_scores(log_dir: Path) -> list[float]:
+    files = sorted((log_dir / "validation").glob("epoch_*.json"))
+    return [json.loads(f.read_text())["metrics"]["val/score"] for f in files]
+
+
+@pytest.mark.slow
+def test_the_selected_checkpoint_follows_the_validation_queries(tmp_path):
+    """One training (same data, seed and batches), validated on different query subsets: each run keeps the
+    epoch its own validation scores best, so changing the validation queries changes the checkpoint chosen."""
+    chosen, scores = {}, {}
+    for label, extra in (("all", ()), ("one", ("--data.max_val_queries", "1"))):
+        _run_cli(tmp_path, label, "--trainer.max_epochs", "4", "--model.lr", "0.05", *extra)
+        log_dir = tmp_path / label / "logs" / "run" / "version_0"
+        scores[label] = _epoch_scores(log_dir)
+        (best,) = [p.name for p in (log_dir / "checkpoints").glob("best-*.ckpt")]
+        chosen[label] = int(best.removeprefix("best-epoch=").removesuffix(".ckpt"))
+        assert len(scores[label]) == 4
+        assert chosen[label] == int(np.argmax(scores[label]))  # the first best epoch of its own validation
+    assert scores["all"] != scores["one"]
+    assert chosen["all"] != chosen["one"], (scores, chosen)
