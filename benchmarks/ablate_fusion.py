@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FUSION = "--model.fusion.init_args."
 
 VARIANTS: dict[str, list[str]] = {
-    "lambda": [f"{FUSION}per_dim_gate", "false"],
-    "gates": [],
+    "lambda": [f"{FUSION}per_dim_gate", "false", f"{FUSION}train_projection", "false"],
+    "gates": [f"{FUSION}train_projection", "false"],
     "projection": [f"{FUSION}train_projection", "true", f"{FUSION}projection_decay", "0.01"],
     "conditioned": [f"{FUSION}train_projection", "true", f"{FUSION}projection_decay", "0.01",
                     f"{FUSION}conditioned_gate", "true"],
@@ -74,7 +74,7 @@ def main() -> None:
     data_args = [*shlex.split(args.data_args), "--data.output_dir", str(out)]
     print("fixed-λ sweep", flush=True)
     run([py, "evaluate.py", *data_args, "--lambdas", args.lambdas, "--progress", "false"], logs / "sweep.log")
-    bench = next(p.parent for p in out.glob("*/fused-lam*/summary.json"))
+    bench = next(p.parent.parent for p in out.glob("*/fused-lam*/summary.json"))
     fixed = {p.parent.name: recalls(p) for p in sorted(bench.glob("fused-lam*/summary.json"))}
     rows = []
     modes = {"both": [True, False], "with": [True], "without": [False]}[args.cross_condition]

@@ -131,3 +131,26 @@ def test_frozen_projection_is_not_trainable():
     fusion = LearnedFusion(4, 6, train_projection=False)
     assert not fusion.global_projection.requires_grad
     assert all(p.requires_grad for n, p in fusion.named_parameters() if n != "global_projection")
+
+
+def test_projection_decay_measures_the_distance_from_the_pca_start():
+    rng = np.random.default_rng(0)
+    fusion = LearnedFusion(4, 6, projection_decay=0.5, project_local=True)
+    fusion.fit(rng.standard_normal((20, 6)).astype(np.float32))
+    assert float(fusion.regularization()) == 0.0  # at the PCA start and the identity
+    with torch.no_grad():
+        fusion.global_projection[0, 0] += 2.0
+        fusion.local_projection[1, 2] += 1.0
+    assert float(fusion.regularization()) == pytest.approx(0.5 * (4.0 + 1.0))
+    assert float(LearnedFusion(4, 6, projection_decay=0.0).regularization()) == 0.0
+    with pytest.raises(InputError, match="projection_decay"):
+        LearnedFusion(4, 6, projection_decay=-1.0)
+
+
+def test_a_fusion_saved_before_the_pca_start_was_kept_loads():
+    fusion = LearnedFusion(4, 6)
+    fusion.fit(np.random.default_rng(0).standard_normal((20, 6)).astype(np.float32))
+    state = {k: v for k, v in fusion.state_dict().items() if k != "initial_projection"}
+    again = LearnedFusion(4, 6)
+    again.load_state_dict(state)
+    torch.testing.assert_close(again.initial_projection, fusion.global_projection.detach())
