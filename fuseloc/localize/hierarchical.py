@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 import torch
 
+from fuseloc.data.extractors.base import LocalExtractor
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.observations import associate_image, resolve_association
 from fuseloc.data.scene import Scene
 from fuseloc.errors import InputError
+from fuseloc.localize.matchers import (
+    LearnedMatcher,
+    MatchImage,
+    PairMatches,
+    check_matcher,
+    check_matcher_dim,
+    fit_matcher_weights,
+    no_matches,
+)
 from fuseloc.localize.pipeline import solve_pose
 from fuseloc.localize.pose import PnPConfig, check_query_settings
 from fuseloc.models.fusion import to_numpy
@@ -34,21 +44,55 @@ class HierarchicalConfig:
     Attributes:
         top_k: database images retrieved per query (by global-descriptor distance).
         ratio_threshold: Lowe's ratio test on each pairwise match (distance, not squared); 1 keeps every
-            mutual nearest neighbour.
+            mutual nearest neighbour. Mutual NN only.
         min_inliers: fewer PnP inliers marks the query failed; it then gets the top-1 database pose.
         pnp: RANSAC settings (the same solver as the fused pipeline).
+        matcher: how a query is matched with a retrieved image: ``mutual_nn`` (mutual nearest neighbours of the
+            descriptors), ``lightglue`` (LightGlue, ALIKED or DISK features) or ``lighterglue`` (XFeat's
+            LighterGlue, XFeat features); see :mod:`fuseloc.localize.matchers`.
+        lightglue_weights: LightGlue's weights, ``aliked`` or ``disk``; ``auto``: those of the local features
+            (:meth:`fitted_to`).
     """
 
     top_k: int = 10
     ratio_threshold: float = 1.0
     min_inliers: int = 12
     pnp: PnPConfig = field(default_factory=PnPConfig)
+    matcher: Literal["mutual_nn", "lightglue", "lighterglue"] = "mutual_nn"
+    lightglue_weights: Literal["auto", "aliked", "disk"] = "auto"
 
     def __post_init__(self) -> None:
         # checked when the configuration is made, before any feature or map is built
         if self.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {self.top_k}")
         check_query_settings(self.min_inliers, self.ratio_threshold)
+        check_matcher(self.matcher, self.lightglue_weights)  # and its package and weight file
+        if self.matcher != "mutual_nn" and self.ratio_threshold < 1.0:
+            raise InputError(f"ratio_threshold applies to --matcher mutual_nn only, not {self.matcher}")
+
+    @property
+    def method_name(self) -> str:
+        """The method's output folder: ``hierarchical-top10`` for mutual NN (as before matchers were options),
+        ``hierarchical-lightglue-top10``..."""
+        matcher = "" if self.matcher == "mutual_nn" else f"{self.matcher}-"
+        return f"hierarchical-{matcher}top{self.top_k}"
+
+    def record(self) -> dict:
+        """The settings the predictions depend on; mutual NN's record is that of runs made before matchers were
+        options, so their prediction logs stay valid."""
+        record = asdict(self)
+        if self.matcher == "mutual_nn":
+            del record["matcher"], record["lightglue_weights"]
+        return record
+
+    def fitted_to(self, extractor: LocalExtractor | None) -> HierarchicalConfig:
+        """This configuration with LightGlue's ``auto`` weights resolved for ``extractor``'s features; an
+        InputError when the matcher does not fit them (None: features from a file, unknown extractor)."""
+        return replace(self, lightglue_weights=fit_matcher_weights(self.matcher, self.lightglue_weights, extractor))
+
+    def check_dim(self, dim: int) -> None:
+        """An InputError when the matcher's weights take descriptors of another dimension than ``dim``."""
+        check_matcher_dim(self.matcher, self.lightglue_weights, dim)
 
 
 @dataclass
@@ -65,6 +109,8 @@ class HierarchicalMap:
         db_global: (N, G) float16 global descriptors (retrieval).
         db_R_cam_from_world, db_t_cam_from_world: (N, 3, 3), (N, 3) database world-to-camera poses (fallback poses).
         config: how the map was built (feature tags, association).
+        db_image_sizes: (N, 2) int64 (width, height) of the database images (the learned matchers normalise
+            keypoints by them).
     """
 
     keypoints: np.ndarray
@@ -77,6 +123,7 @@ class HierarchicalMap:
     db_R_cam_from_world: np.ndarray
     db_t_cam_from_world: np.ndarray
     config: dict = field(default_factory=dict)
+    db_image_sizes: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     @property
     def num_points(self) -> int:
@@ -85,7 +132,7 @@ class HierarchicalMap:
     def nbytes(self) -> int:
         """Bytes localization must hold: database keypoints, descriptors, their 3D lifting, globals and poses."""
         arrays = (self.keypoints, self.descriptors, self.offsets, self.keypoint_point, self.points_xyz, self.db_global,
-                  self.db_R_cam_from_world, self.db_t_cam_from_world)
+                  self.db_R_cam_from_world, self.db_t_cam_from_world, self.db_image_sizes)
         return int(sum(a.nbytes for a in arrays))
 
 
@@ -149,24 +196,15 @@ def build_hierarchical_map(
         db_R_cam_from_world=scene.R_cam_from_world.astype(np.float64),
         db_t_cam_from_world=scene.t_cam_from_world.astype(np.float64),
         config={"association": association, "radius": radius, "triangulated_only": triangulated_only},
+        db_image_sizes=np.array([[c.width, c.height] for c in scene.image_cameras], np.int64).reshape(-1, 2),
     )
-
-
-@dataclass
-class PairMatches:
-    """Mutual nearest-neighbour matches between a query and one database image (rows of each side)."""
-
-    query_rows: np.ndarray
-    db_rows: np.ndarray
-    distances: np.ndarray
 
 
 def mutual_nearest_neighbours(query: torch.Tensor, db: torch.Tensor, ratio_threshold: float = 1.0) -> PairMatches:
     """Mutual 1-NN (squared L2) between (Q, D) and (B, D) descriptors (same device, any), optionally with Lowe's
     ratio test. The matches come back as numpy."""
     if len(query) == 0 or len(db) == 0:
-        empty = np.zeros(0, np.int64)
-        return PairMatches(empty, empty, np.zeros(0, np.float32))
+        return no_matches()
     query_sq = (query * query).sum(1)
     db_sq = (db * db).sum(1)
     # ||q - d||² = ||q||² + ||d||² - 2 q·d. Each side's argmin ignores its own constant term, so one GEMM with
@@ -199,15 +237,25 @@ class HierarchicalMatches:
 
 
 class HierarchicalLocalizer:
-    """Localizes queries against a :class:`HierarchicalMap` (same interface as the fused ``Localizer``)."""
+    """Localizes queries against a :class:`HierarchicalMap` (same interface as the fused ``Localizer``).
 
-    def __init__(self, hmap: HierarchicalMap, config: HierarchicalConfig = HierarchicalConfig()):
+    ``device``: where a learned matcher runs (mutual NN runs on the CPU).
+    """
+
+    def __init__(self, hmap: HierarchicalMap, config: HierarchicalConfig = HierarchicalConfig(),
+                 device: torch.device | str = "cpu"):
         if config.top_k < 1:
             raise InputError(f"top_k must be at least 1, got {config.top_k}")
         self.map = hmap
         self.config = config
         self.db_global = np.ascontiguousarray(hmap.db_global, np.float32)
         self._points_xyz = np.ascontiguousarray(hmap.points_xyz, np.float64)
+        self.matcher: LearnedMatcher | None = None
+        if config.matcher != "mutual_nn":
+            config.check_dim(hmap.descriptors.shape[1])
+            if len(hmap.db_image_sizes) != len(hmap.db_names):
+                raise InputError(f"{config.matcher} needs the database image sizes; this map records none")
+            self.matcher = LearnedMatcher(config.matcher, config.lightglue_weights, device)
 
     def retrieve(self, global_desc: np.ndarray) -> np.ndarray:
         """The ``top_k`` database images nearest in global descriptor, nearest first."""
@@ -216,18 +264,32 @@ class HierarchicalLocalizer:
         top = np.argpartition(dist, k - 1)[:k]
         return top[np.lexsort((top, dist[top]))]
 
+    def _pair_matches(self, retrieved: np.ndarray, keypoints: np.ndarray, local_desc: np.ndarray,
+                      image_size: tuple[int, int] | None) -> list[PairMatches]:
+        """The query's matches with each retrieved database image."""
+        bounds = [(int(self.map.offsets[j]), int(self.map.offsets[j + 1])) for j in retrieved]
+        if self.matcher is None:
+            query = torch.from_numpy(np.ascontiguousarray(local_desc, np.float32))
+            return [mutual_nearest_neighbours(query, torch.from_numpy(self.map.descriptors[lo:hi].astype(np.float32)),
+                                              self.config.ratio_threshold) for lo, hi in bounds]
+        if image_size is None:
+            raise InputError(f"{self.config.matcher} needs the query image size")
+        database = [MatchImage(self.map.keypoints[lo:hi], self.map.descriptors[lo:hi],
+                               (int(self.map.db_image_sizes[j, 0]), int(self.map.db_image_sizes[j, 1])))
+                    for j, (lo, hi) in zip(retrieved, bounds)]
+        return self.matcher.match(MatchImage(keypoints, local_desc, image_size), database)
+
     @torch.no_grad()
     def match(self, keypoints: np.ndarray, local_desc: np.ndarray, global_desc: np.ndarray,
-              timings: dict[str, float]) -> HierarchicalMatches:
+              timings: dict[str, float], image_size: tuple[int, int] | None = None) -> HierarchicalMatches:
+        """2D-3D matches of a query through its retrieved images; ``image_size``: the query's (width, height),
+        which the learned matchers need."""
         t0 = time.perf_counter()
         retrieved = self.retrieve(global_desc)
         t1 = time.perf_counter()
-        query = torch.from_numpy(np.ascontiguousarray(local_desc, np.float32))
         rows, points, dists = [], [], []
-        for j in retrieved:
-            lo, hi = self.map.offsets[j], self.map.offsets[j + 1]
-            db = torch.from_numpy(self.map.descriptors[lo:hi].astype(np.float32))
-            pair = mutual_nearest_neighbours(query, db, self.config.ratio_threshold)
+        for j, pair in zip(retrieved, self._pair_matches(retrieved, keypoints, local_desc, image_size)):
+            lo = self.map.offsets[j]
             lifted = self.map.keypoint_point[lo + pair.db_rows]
             ok = lifted >= 0
             rows.append(pair.query_rows[ok])
@@ -247,7 +309,7 @@ class HierarchicalLocalizer:
         if local_desc.shape[1] != self.map.descriptors.shape[1] or len(global_desc) != self.db_global.shape[1]:
             raise InputError(f"query features are {local_desc.shape[1]}-D local / {len(global_desc)}-D global, the "
                              f"map holds {self.map.descriptors.shape[1]}-D / {self.db_global.shape[1]}-D")
-        matches = self.match(keypoints, local_desc, global_desc, timings)
+        matches = self.match(keypoints, local_desc, global_desc, timings, (camera.width, camera.height))
         # The same 2D keypoint may match 3D points through several database images, as in hloc; RANSAC sorts it out.
         return solve_pose(matches.p2d, self._points_xyz[matches.point_index], matches.distances, camera, self.config.pnp,
                           self.config.min_inliers,
