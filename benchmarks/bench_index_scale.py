@@ -3,6 +3,7 @@
     python benchmarks/bench_index_scale.py                                   # 1.6M real RootSIFT + synthetic
     python benchmarks/bench_index_scale.py --data strecha --dims 128 512 --kinds flat ivf --nprobe 32 64 128
     python benchmarks/bench_index_scale.py --points 100000 400000 1600000 --data clustered --kinds flat ivf
+    python benchmarks/bench_index_scale.py --data photos --points 200000 --dims 128 512 --kinds flat ivf --nprobe 32 64 128
     python benchmarks/bench_index_scale.py --gpu                             # faiss-gpu, when a GPU is there
 
 One "query" is a batch of ``--queries`` keypoint descriptors (one image). Map kinds (``--data``):
@@ -17,11 +18,15 @@ One "query" is a batch of ``--queries`` keypoint descriptors (one image). Map ki
   the exact two nearest neighbours: the ones a matcher would keep. Since the map holds several views of each
   photo, one surface point can have near-identical descriptors in the map; an index that returns another view's
   copy counts as disagreeing, so the agreement here is, if anything, pessimistic.
+- ``photos``: fused descriptors of real photos as fuseloc fuses them (RootSIFT + PCA-reduced VLAD, λ ``--lam``),
+  with real re-observations as queries and distractors from held-out photos (``photo_descriptors.py`` says how;
+  the photos shipped with scikit-image and scikit-learn, or ``--photos DIR``); the data of ``bench_memory.py``.
 - ``random``: Gaussian points, the pessimistic case (no structure for an index to exploit).
 - ``clustered``: points around P/100 random centres. Beware: how well an IVF index agrees with exact search
   here depends on how its lists line up with those centres (16384 lists over 16000 centres: exact), so read it
   as a bound, not as a prediction.
-For the synthetic kinds half the queries are noisy copies of map points (keypoints with a true 3D point) and
+For ``photos`` the subset is the keypoints of a view of a mapped photo (the others are distractors). For the
+synthetic kinds half the queries are noisy copies of map points (keypoints with a true 3D point) and
 half fresh draws (keypoints with none); the subset agreement is over the first half. Reported per index: build
 time, median search time over ``--repeats`` batches, resident memory added by the index, and agreement of its
 1-NN with exact search (all queries, and the subset).
@@ -45,6 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # photo_descriptors, beside this script
+
 from fuseloc.io import write_json_atomic
 from fuseloc.localize.index import IndexConfig, MapIndex, SearchResult
 
@@ -61,9 +68,18 @@ def rss_bytes() -> int:
 
 
 def make_data(kind: str, num_points: int, dim: int, num_queries: int, seed: int,
-              images: Path | None = None, embed_noise: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(P, D) map, (Q, D) queries, (Q,) bool subset mask (None: computed from exact search); unit-norm float32."""
+              images: Path | None = None, embed_noise: float = 0.3, photos: Path | None = None,
+              lam: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(P, D) map, (Q, D) queries, (Q,) bool subset mask (None: computed from exact search); float32 (unit-norm
+    but for ``photos``, whose fused descriptors are not normalised, as fuseloc's fixed fusion)."""
     rng = np.random.default_rng(seed)
+    if kind == "photos":
+        from photo_descriptors import extract_views, fuse_views, load_photos
+
+        per_image = 2048
+        views = extract_views(load_photos(photos), num_points, max(1, round(num_queries / per_image)), per_image, seed=seed)
+        data = fuse_views(views, dim, lam=lam, embed_noise=embed_noise, seed=seed, map_dtype=np.float32)
+        return data.map_descriptors, np.vstack(data.queries), np.concatenate(data.query_true)
     if kind == "strecha":
         points, queries = strecha_descriptors(images, num_points, num_queries, seed)
         if dim != points.shape[1]:
@@ -242,9 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--points", type=int, nargs="+", default=[1_600_000])
     parser.add_argument("--dims", type=int, nargs="+", default=[128])
-    parser.add_argument("--data", nargs="+", default=["strecha", "clustered"], choices=["strecha", "random", "clustered"])
+    parser.add_argument("--data", nargs="+", default=["strecha", "clustered"], choices=["strecha", "photos", "random", "clustered"])
     parser.add_argument("--images", type=Path, default=None, help=f"Strecha scenes for --data strecha ({DEFAULT_IMAGES})")
-    parser.add_argument("--embed_noise", type=float, default=0.3, help="noise of the 128->D embedding (--data strecha)")
+    parser.add_argument("--embed_noise", type=float, default=0.3, help="noise of the 128->D embedding (--data strecha, photos)")
+    parser.add_argument("--photos", type=Path, default=None, help="photo folder for --data photos (default: shipped photos)")
+    parser.add_argument("--lam", type=float, default=0.5, help="fusion weight of the local part (--data photos; 1: local-only)")
     parser.add_argument("--kinds", nargs="+", default=["flat", "ivf", "hnsw", "ivfpq"],
                         choices=["flat", "ivf", "hnsw", "ivfpq"])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[16, 32, 64, 128], help="IVF / IVF-PQ settings")
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 try:
                     points, queries, subset = make_data(data_kind, num_points, dim, args.queries, args.seed,
-                                                        args.images, args.embed_noise)
+                                                        args.images, args.embed_noise, args.photos, args.lam)
                 except FileNotFoundError as error:
                     print(f"\n== {data_kind}: skipped ({error})")
                     continue

@@ -8,12 +8,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from fixtures.tiny import make_tiny_dataset
 
 from fuseloc.errors import InputError
 from fuseloc.eval import distributed
-from fuseloc.eval.distributed import Distributed, from_environment, map_parts, shard
+from fuseloc.eval.distributed import (
+    Distributed,
+    available_cores,
+    from_environment,
+    map_parts,
+    process_threads,
+    query_loop_threads,
+    set_threads,
+    shard,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD = "fused-lam0.5"
@@ -40,6 +51,77 @@ def test_shards_cover_every_item_once_and_parts_come_back_in_order():
     assert map_parts(["a", "b", "c"], str.upper, distributed.SINGLE) == ["A", "B", "C"]
 
 
+def test_processes_of_a_node_share_its_cores():
+    assert process_threads(2, cores=2) == 1 and process_threads(2, cores=16) == 8 and process_threads(3, cores=16) == 5
+    assert process_threads(4, cores=2) == 1  # more processes than cores: still one thread each
+    assert process_threads(1, cores=6) == 6
+
+
+def test_query_loop_uses_the_process_share_and_restores_the_threads_after():
+    import faiss
+
+    from fuseloc.localize.index import IndexConfig, MapIndex
+
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    with query_loop_threads(distributed.SINGLE) as threads:  # one process keeps its threads
+        assert threads == before[0] and (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    ctx = Distributed(rank=1, world_size=4, local_rank=1, local_world_size=2)
+    with query_loop_threads(ctx) as threads:
+        assert threads == process_threads(2)
+        assert torch.get_num_threads() == threads and faiss.omp_get_max_threads() == threads
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    # exact (BLAS) search of a small map: the single-process threads, whose sums the results depend on
+    points = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+
+    class FlatLocalizer:
+        index = MapIndex(points, IndexConfig(kind="flat"))
+
+    with query_loop_threads(ctx, FlatLocalizer()) as threads:
+        assert threads == before[0] and (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+
+
+def _search_and_fuse() -> list[np.ndarray]:
+    """What the query loop computes on fixed data: IVF searches (flat and HNSW list centres, float16 and 8-bit
+    lists; k = 2 as for the ratio test) and a PCA fusion of 2048 keypoints."""
+    from fuseloc.localize.index import IndexConfig, MapIndex
+    from fuseloc.models.fusion import FixedFusion, fuse_numpy
+
+    rng = np.random.default_rng(0)
+    points = rng.standard_normal((12_000, 128)).astype(np.float32)
+    queries = points[rng.integers(0, len(points), 2048)] + 0.3 * rng.standard_normal((2048, 128)).astype(np.float32)
+    out = []
+    for config in (IndexConfig(kind="ivf", nlist=256, nprobe=8), IndexConfig(kind="ivf", nlist=256, nprobe=8, codec="8bit"),
+                   IndexConfig(kind="ivf", nlist=256, nprobe=8, coarse_quantizer="hnsw")):
+        result = MapIndex(points, config).search(queries, k=2)
+        out += [result.distances, result.indices]
+    fusion = FixedFusion(128, 4096, lam=0.5)
+    fusion.fit(rng.standard_normal((300, 4096)).astype(np.float32))
+    out.append(fuse_numpy(fusion, queries, rng.standard_normal(4096).astype(np.float32)))
+    return out
+
+
+def test_search_and_fusion_give_the_same_bits_with_one_thread_and_with_all_cores():
+    """Why 2 processes with a share of the cores each write the single-process submission: nothing the query loop
+    computes depends on the thread count (IVF search, torch's fusion; exact BLAS search keeps its threads)."""
+    import faiss
+
+    cores = available_cores()
+    if cores < 2:
+        pytest.skip("one core: nothing to compare")
+    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    try:
+        set_threads(1)
+        one = _search_and_fuse()
+        set_threads(cores)
+        every = _search_and_fuse()
+    finally:
+        set_threads(before[1])
+        torch.set_num_threads(before[0])
+    for a, b in zip(one, every):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
 def _evaluate(root: Path, out: Path, processes: int, reader: str = "fuseloc.data.readers.generic.GenericReader",
               extra: tuple[str, ...] = ("--lambdas", "[0.5]")) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
@@ -51,13 +133,18 @@ def _evaluate(root: Path, out: Path, processes: int, reader: str = "fuseloc.data
     return result
 
 
-def test_two_processes_write_the_single_process_submission(tmp_path):
+@pytest.mark.parametrize("kind", ["ivf", "flat"])
+def test_two_processes_write_the_single_process_submission(tmp_path, kind):
     root = tmp_path / "tiny"
     make_tiny_dataset(root)
     one, two = tmp_path / "one", tmp_path / "two"
-    _evaluate(root, one, 1)
-    result = _evaluate(root, two, 2)
-    assert "on 2 process(es)" in result.stderr  # the query loop really ran sharded
+    extra = ("--lambdas", "[0.5]", "--localizer.index.kind", kind)
+    _evaluate(root, one, 1, extra=extra)
+    result = _evaluate(root, two, 2, extra=extra)
+    # The query loop really ran sharded, each process on its share of the cores; exact (BLAS) search, whose sums
+    # depend on the thread count, keeps the single-process threads.
+    threads = process_threads(2) if kind == "ivf" else available_cores()
+    assert f"on 2 process(es) x {threads} thread(s)" in result.stderr
     (bench,) = [p for p in one.iterdir() if p.is_dir()]
     single = (bench / METHOD / "submission.txt").read_bytes()
     assert single and (two / bench.name / METHOD / "submission.txt").read_bytes() == single

@@ -3,13 +3,27 @@
 Launch ``evaluate.py`` with ``torchrun --nproc_per_node N evaluate.py ...`` or with Lightning's environment
 (``MASTER_ADDR``, ``MASTER_PORT``, ``WORLD_SIZE``, ``NODE_RANK``, ``LOCAL_RANK``; ``RANK`` when set). Every
 process prepares nothing on its own: rank 0 extracts features, triangulates and builds maps and indexes into
-the caches first, then the others load them (:func:`wait_for_main` / :func:`release_others`), so each process holds each map once. A
+the caches first, then the others load them (:func:`wait_for_main` / :func:`release_others`), so each process
+holds each map once. A
 single-map dataset shards its queries (every ``world_size``-th pending query); a multi-map dataset (CMU slices,
 Cambridge scenes) spreads whole parts. Rank 0 gathers every result, writes the prediction log, the submission
 and the summary: the same files as a single-process run (``predictions.jsonl`` lists them in another order).
 
-Process groups use gloo: only Python objects (results) travel, on CPU and GPU machines alike. Each process
-keeps a single process's threads (see :func:`setup`): the submission is then the single-process one bit for bit.
+Process groups use gloo: only Python objects (results) travel, on CPU and GPU machines alike.
+
+Threads (:func:`setup`, :func:`query_loop_threads`). While rank 0 prepares features, maps and indexes alone, it
+uses every core, as a single process does (torchrun's ``OMP_NUM_THREADS=1`` is undone): a PCA or k-means fitted
+with another thread count can come out a few bits apart, which would change the map. In the sharded query loop
+the processes of a node share its cores: each gets cores / processes threads for torch, faiss and every BLAS
+and OpenMP runtime, so that they do not oversubscribe the machine (on the embedded town with 2 cores, two
+processes that each kept both cores gained little or nothing over one). What the query loop computes does not
+depend on the thread count: IVF and HNSW search distances per query keypoint (an IVF index's flat list centres
+are searched on one thread, :meth:`~fuseloc.localize.index.MapIndex.search`), poselib's RANSAC runs on one
+thread with a fixed seed, and torch's products (fusion, the hierarchical baseline's matching) came out bit for
+bit the same with 1 and 2 threads. The exception is faiss' exact (BLAS) search of small maps and IVF-PQ, whose
+sums change with the thread count: there the processes keep the single-process threads.
+``tests/test_distributed.py`` checks search and fusion with one thread and with all cores, and that 2 processes
+write the single-process submission byte for byte.
 """
 
 from __future__ import annotations
@@ -17,7 +31,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -28,6 +43,7 @@ from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.prepare import PreparedFeatures
 from fuseloc.data.scene import QuerySet
 from fuseloc.errors import InputError
+from fuseloc.localize.index import MapIndex
 from fuseloc.localize.pipeline import QueryLocalizer, localize_queries
 from fuseloc.types import PoseResult
 
@@ -94,7 +110,8 @@ def from_environment(env: Mapping[str, str] | None = None) -> Distributed:
 
 
 def setup(env: Mapping[str, str] | None = None, timeout_s: float = 4 * 3600) -> Distributed:
-    """Join the process group the environment describes (gloo), and share the cores among local processes.
+    """Join the process group the environment describes (gloo); this process uses every core (preparing), its
+    share of them in the query loop (:func:`query_loop_threads`).
 
     ``timeout_s`` bounds every wait on other processes, the longest being rank 0 building what the others load.
     """
@@ -111,24 +128,91 @@ def setup(env: Mapping[str, str] | None = None, timeout_s: float = 4 * 3600) -> 
         owns = True
     elif dist.get_world_size() != ctx.world_size or dist.get_rank() != ctx.rank:
         raise InputError("the running process group does not match WORLD_SIZE / RANK")
-    # Every process keeps the thread count of a single process (all cores), even though torchrun sets
-    # OMP_NUM_THREADS=1: faiss' exact search goes through BLAS, whose sums (hence distances, RANSAC's sampling
-    # order and the poses) change with the thread count, and torch's thread setting reaches the same OpenMP
-    # runtime. The query loop's heavy part, PnP, is one thread per process: the processes are what use the cores.
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # Preparing (rank 0 alone) uses every core, as a single process does: see the module note.
+    threads = available_cores()
+    set_threads(threads)
+    logger.info("evaluation process %d of %d (local %d of %d): %d threads, %d in the query loop", ctx.rank, ctx.world_size,
+                ctx.local_rank, ctx.local_world_size, threads, process_threads(ctx.local_world_size))
+    return Distributed(ctx.rank, ctx.world_size, ctx.local_rank, ctx.local_world_size, owns)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def process_threads(local_world_size: int, cores: int | None = None) -> int:
+    """Threads for each of ``local_world_size`` processes sharing a node's ``cores``: an equal share, at least one.
+
+    The query loop spends its time in PnP (poselib, one thread), faiss search (parallel over a query's keypoints)
+    and per-query torch fusion (too small to gain from threads); processes that each kept every core would
+    oversubscribe the machine, and the OpenMP runtimes of faiss and torch would spin against each other and
+    against PnP (on the embedded town with 2 cores, one process's query loop took 1.5-2x longer with 2 threads than
+    with 1).
+    """
+    cores = available_cores() if cores is None else cores
+    return max(1, cores // max(local_world_size, 1))
+
+
+def thread_counts() -> tuple[int, int]:
+    """(torch, faiss) thread counts of this process."""
+    import faiss
+
+    return torch.get_num_threads(), faiss.omp_get_max_threads()
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` threads in torch, faiss and every BLAS / OpenMP runtime loaded in this process.
+
+    torchrun sets ``OMP_NUM_THREADS=1`` for its processes, which the runtimes read when they loaded; this sets
+    them all explicitly, so a run launched by torchrun or by Lightning's environment gets the same threads.
+    threadpoolctl reaches numpy's and faiss' OpenBLAS and the OpenMP runtimes it finds; torch and faiss are also
+    told directly (torch's own pool, faiss' ``omp_set_num_threads``).
+    """
+    import faiss  # loaded first, so that threadpoolctl finds its OpenBLAS and OpenMP runtime too
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(threads)  # numpy's BLAS read OMP_NUM_THREADS when it loaded; so did the OpenMP runtimes
+    faiss.omp_set_num_threads(threads)
+    threadpool_limits(threads)
+    torch.set_num_threads(threads)
+
+
+def _thread_dependent(localizer: object) -> bool:
+    """The localizer searches an index whose results depend on faiss' thread count (:attr:`MapIndex.thread_invariant`)."""
+    index = getattr(localizer, "index", None)
+    return isinstance(index, MapIndex) and not index.thread_invariant
+
+
+@contextmanager
+def query_loop_threads(ctx: Distributed, localizer: object = None) -> Iterator[int]:
+    """Within the block, this process uses its share of the node's cores (:func:`process_threads`); the thread
+    counts are restored after it. A single process keeps its threads. Yields the thread count in use.
+
+    A process keeps the single-process threads when ``localizer`` searches an index whose results depend on them
+    (exact flat search, IVF-PQ: BLAS products; :attr:`MapIndex.thread_invariant`), so that its results stay
+    those of one process: these are small maps (up to ``flat_max_points``), whose search costs little. faiss'
+    thread count cannot be kept apart from torch's there: once torch is imported, both use torch's OpenMP runtime.
+    """
+    if not ctx.enabled or _thread_dependent(localizer):
+        if ctx.enabled:
+            logger.info("exact (BLAS) search: the query loop keeps %d threads per process, for single-process results",
+                        thread_counts()[0])
+        yield thread_counts()[0]
+        return
+    import faiss
+    from threadpoolctl import threadpool_limits
+
+    threads = process_threads(ctx.local_world_size)
+    torch_threads, faiss_threads = thread_counts()
+    faiss.omp_set_num_threads(threads)
+    limits = threadpool_limits(threads)  # every BLAS and OpenMP runtime; remembers their counts
     torch.set_num_threads(threads)
     try:
-        import faiss
-
-        faiss.omp_set_num_threads(threads)
-    except ImportError:  # pragma: no cover (faiss is a dependency)
-        pass
-    logger.info("evaluation process %d of %d (local %d of %d), %d threads", ctx.rank, ctx.world_size, ctx.local_rank,
-                ctx.local_world_size, threads)
-    return Distributed(ctx.rank, ctx.world_size, ctx.local_rank, ctx.local_world_size, owns)
+        yield threads
+    finally:
+        limits.restore_original_limits()
+        torch.set_num_threads(torch_threads)
+        faiss.omp_set_num_threads(faiss_threads)
 
 
 def teardown(ctx: Distributed) -> None:
@@ -192,8 +276,9 @@ def localize_sharded(localizer: QueryLocalizer, queries: QuerySet, features: Fea
     pending = [n for n in queries.names if n not in done]
     mine = set(shard(pending, ctx))
     t0 = time.perf_counter()
-    results = localize_queries(localizer, queries, features, skip=set(queries.names) - mine,
-                               on_result=on_result if ctx.is_main else None, progress=progress and ctx.is_main)
+    with query_loop_threads(ctx, localizer) as threads:
+        results = localize_queries(localizer, queries, features, skip=set(queries.names) - mine,
+                                   on_result=on_result if ctx.is_main else None, progress=progress and ctx.is_main)
     gathered = all_gather(results, ctx)
     seconds = time.perf_counter() - t0
     merged: dict[str, PoseResult] = {}
@@ -203,8 +288,8 @@ def localize_sharded(localizer: QueryLocalizer, queries: QuerySet, features: Fea
                 on_result(name, result)
         merged.update(part)
     if merged:
-        logger.info("query loop: %d queries in %.2f s on %d process(es), %.2f queries/s", len(merged), seconds,
-                    ctx.world_size, len(merged) / max(seconds, 1e-9))
+        logger.info("query loop: %d queries in %.2f s on %d process(es) x %d thread(s), %.2f queries/s", len(merged),
+                    seconds, ctx.world_size, threads, len(merged) / max(seconds, 1e-9))
     return merged
 
 
