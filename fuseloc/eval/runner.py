@@ -32,7 +32,7 @@ from fuseloc.eval.submission import MethodOutcome, merge_part_outcomes, write_ou
 from fuseloc.io import claim_output_dir, remove_output_dir, write_json_atomic
 from fuseloc.localize.fused_map import MAP_FORMAT_VERSION, FusedMap, build_fused_map
 from fuseloc.localize.hierarchical import HierarchicalConfig, HierarchicalLocalizer, build_hierarchical_map
-from fuseloc.localize.index import check_gpu_request
+from fuseloc.localize.index import AUTO_RULES_VERSION, check_gpu_request
 from fuseloc.localize.pipeline import Localizer, LocalizerConfig, QueryLocalizer
 from fuseloc.models.fusion import FixedFusion, Fusion
 
@@ -260,7 +260,7 @@ def run_method(
     distributed.release_others(dist)
     map_time = time.perf_counter() - t0
     inputs = {"map": fused_map.config.get("key"), "localizer": asdict(localizer_config),
-              "queries": query_key(data.queries)}
+              "index_auto_rules": AUTO_RULES_VERSION, "queries": query_key(data.queries)}
     return _localize_and_report(label, lambda: Localizer(fused_map, localizer_config, fusion, index_cache_dir=cache_dir),
                                 inputs, fused_map.nbytes(), fused_map.num_points, map_time, data, features, output_dir,
                                 progress, dist)

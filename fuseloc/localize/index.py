@@ -65,6 +65,11 @@ def _sq_types() -> dict[str, int]:
     return {"fp16": faiss.ScalarQuantizer.QT_fp16, "8bit": faiss.ScalarQuantizer.QT_8bit}
 
 
+#: Bump when what an ``auto`` (0) setting resolves to changes (2: nprobe max(16, sqrt(nlist)), was sqrt(nlist) / 2):
+#: runs record it next to their settings, so predictions made under the old rule are not reused.
+AUTO_RULES_VERSION = 2
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """How map descriptors are indexed.
