@@ -19,10 +19,11 @@ appends to the training correspondences.
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -126,43 +127,47 @@ def render_database(
     if keep_original:
         jobs += [(-1, int(r), None) for r in rows]
     jobs += [(k, int(r), t) for k, t in enumerate(transforms) for r in rows]
-    out_names, sources, homographies, conditions, rendered = [], [], [], [], 0
-    image_cache: dict[int, np.ndarray] = {}
-    for k, row, transform in jobs:
-        db_name = scene.image_names[row]
-        condition = ORIGINAL_CONDITION if transform is None else transform.name
-        rel = f"{condition}/{db_name}"
-        target = out_root / rel
-        source_path = Path(scene.image_root) / db_name
-        stamp = file_stamp(source_path) if source_path.is_file() else None
-        if stamp is None:
+    stamps: dict[int, str] = {}
+    for row in dict.fromkeys(r for _, r, _ in jobs):
+        source_path = Path(scene.image_root) / scene.image_names[row]
+        if not source_path.is_file():
             raise InputError("database image not found", source_path)
-        entry = manifest.get(rel)
-        if entry is None or not stamp_matches(entry.get("source"), stamp) or not target.is_file():
-            if row not in image_cache:
-                image_cache = {row: read_image(source_path)}  # one source image in memory at a time (jobs are by row)
-            image = image_cache[row]
-            if transform is None:
-                out, H = image, np.eye(3)
-            else:
-                out, H = render_condition(image, transform, _image_seed(seed, k, db_name))
+        stamps[row] = file_stamp(source_path)
+
+    def relative(row: int, transform: ConditionTransform | None) -> str:
+        return f"{ORIGINAL_CONDITION if transform is None else transform.name}/{scene.image_names[row]}"
+
+    # What is missing or stale, by source image: each source is read once for all its renderings.
+    stale: dict[int, list[tuple[int, ConditionTransform | None]]] = {}
+    for k, row, transform in jobs:
+        entry = manifest.get(relative(row, transform))
+        if entry is None or not stamp_matches(entry.get("source"), stamps[row]) or \
+                not (out_root / relative(row, transform)).is_file():
+            stale.setdefault(row, []).append((k, transform))
+    rendered = 0
+    for row, items in stale.items():
+        db_name = scene.image_names[row]
+        image = read_image(Path(scene.image_root) / db_name)
+        for k, transform in items:
+            out, H = (image, np.eye(3)) if transform is None else \
+                render_condition(image, transform, _image_seed(seed, k, db_name))
+            target = out_root / relative(row, transform)
             target.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(target, suffix=".png") as tmp:
                 if not cv2.imwrite(str(tmp), np.ascontiguousarray(out[:, :, ::-1])):
                     raise OSError(f"could not write {target}")
-            entry = {"source": stamp, "homography": np.asarray(H, np.float64).tolist()}
-            manifest[rel] = entry
+            manifest[relative(row, transform)] = {"source": stamps[row], "homography": np.asarray(H, np.float64).tolist()}
             rendered += 1
             if rendered % 100 == 0:
                 write_json_atomic(manifest_path, manifest)
                 logger.info("re-rendered %d database images under other conditions", rendered)
-        out_names.append(f"{folder}/{rel}")
-        sources.append(row)
-        homographies.append(np.asarray(entry["homography"], np.float64))
-        conditions.append(condition)
     if rendered:
         write_json_atomic(manifest_path, manifest)
         logger.info("re-rendered %d images under %s into %s", rendered, ", ".join(names), out_root)
+    out_names = [f"{folder}/{relative(row, t)}" for _, row, t in jobs]
+    sources = [row for _, row, _ in jobs]
+    homographies = [np.asarray(manifest[relative(row, t)]["homography"], np.float64) for _, row, t in jobs]
+    conditions = [ORIGINAL_CONDITION if t is None else t.name for _, _, t in jobs]
     queries = QuerySet(out_names, [scene.image_cameras[r] for r in sources], [scene.pose(r) for r in sources],
                        conditions, Path(cache_dir))
     return RenderedImages(queries, np.asarray(sources, np.int64), np.stack(homographies) if homographies else
@@ -170,8 +175,6 @@ def render_database(
 
 
 def _read_manifest(path: Path) -> dict:
-    import json
-
     if not path.is_file():
         return {}
     try:
