@@ -5,7 +5,8 @@
     python benchmarks/ablate_fusion.py --train_args "--trainer.max_epochs 3"   # extra train.py arguments
 
 For each variant (λ only; + per-dimension gates; + learned projection of the global descriptor; + image-
-conditioned gate; + local projection), with and without cross-condition samples (``--data.conditions []``),
+conditioned gate; + local projection; the learned projection started from PCA instead of the learned whitening
+of the global descriptor), with and without cross-condition samples (``--data.conditions []``),
 the script trains with ``train.py fit`` (the checkpoint chosen by ``val/score`` on the validation queries),
 evaluates that checkpoint with ``evaluate.py --checkpoint`` and prints recall per condition next to every fixed
 λ of the sweep. The best fixed λ is chosen on the evaluation queries themselves (an advantage to the fixed
@@ -33,6 +34,9 @@ VARIANTS: dict[str, list[str]] = {
                     f"{FUSION}conditioned_gate", "true"],
     "local_projection": [f"{FUSION}train_projection", "true", f"{FUSION}projection_decay", "0.01",
                          f"{FUSION}project_local", "true"],
+    # the learned projection started from PCA instead of the learned whitening (the default before it)
+    "projection_pca": [f"{FUSION}train_projection", "true", f"{FUSION}projection_decay", "0.01",
+                       f"{FUSION}init", "pca"],
 }
 
 
@@ -49,6 +53,20 @@ def recalls(summary: Path) -> dict[str, float]:
     metrics = json.loads(summary.read_text())["metrics"]
     key = next(k for k in metrics["all"] if k.startswith("recall_"))
     return {split: values[key] for split, values in metrics.items()}
+
+
+def validation_recalls(run_dir: Path, ckpt: Path) -> dict[str, float]:
+    """Recall per condition on the validation queries at the epoch of ``ckpt`` (what selected it)."""
+    epoch = int(ckpt.stem.split("epoch=")[-1])
+    found = run_dir / "validation" / f"epoch_{epoch:03d}.json"
+    if not found.is_file():
+        return {}
+    metrics = json.loads(found.read_text())["metrics"]
+    key = next((k for k in metrics if k.endswith("/all/" + k.split("/")[-1]) and "/recall_" in k), None)
+    if key is None:
+        return {}
+    threshold = key.split("/")[-1]
+    return {k.split("/")[-2]: v for k, v in metrics.items() if k.endswith("/" + threshold)}
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -92,8 +110,9 @@ def main() -> None:
             run([py, "evaluate.py", *data_args, "--lambdas", "[]", "--checkpoint", str(ckpt), "--progress", "false"],
                 logs / f"{name}-eval.log")
             rows.append({"variant": variant, "cross_condition": cross, "checkpoint": str(ckpt),
-                         "recall": recalls(bench / "learned" / "summary.json")})
-            print(f"  {rows[-1]['recall']}", flush=True)
+                         "recall": recalls(bench / "learned" / "summary.json"),
+                         "validation": validation_recalls(run_dir, ckpt)})
+            print(f"  evaluation {rows[-1]['recall']}, validation {rows[-1]['validation']}", flush=True)
     splits = sorted({s for r in fixed.values() for s in r if s != "all"}) + ["all"]
     best_night = max(fixed, key=lambda k: (fixed[k].get("night", fixed[k]["all"]), fixed[k]["all"]))
     print(f"\nrecall (%) at the first threshold; best fixed λ for night (or all): {best_night}\n")

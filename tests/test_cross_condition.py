@@ -11,6 +11,7 @@ from fuseloc.data.correspondences import (
     CorrespondenceBatches,
     Correspondences,
     add_condition_observations,
+    same_place_images,
 )
 from fuseloc.data.cross_condition import ConditionObservations
 
@@ -46,6 +47,23 @@ def test_appended_images_keep_the_map_part_and_label_their_conditions():
     has0, means0 = corr.mean_local()
     np.testing.assert_array_equal(has, has0)
     np.testing.assert_allclose(means, means0)
+
+
+def test_each_extra_image_is_paired_with_the_map_image_sharing_most_of_its_points():
+    corr = _corr(num_points=6, obs_per_point=3)  # point p is seen by all three map images
+    seen = {i: set(corr.obs_point[corr.obs_image == i].tolist()) for i in range(3)}
+    assert all(seen[i] == set(range(6)) for i in range(3))
+    # make the map images differ: drop image 0's and 2's observations of points 0-3
+    keep = ~((np.isin(corr.obs_image, [0, 2])) & (corr.obs_point < 4))
+    corr = Correspondences(corr.local[keep], corr.obs_point[keep], corr.obs_image[keep], corr.global_desc,
+                           corr.points_xyz, corr.image_names)
+    extra = [ConditionObservations("r/night/x.png", "night", np.ones(3, np.float32), np.zeros((3, 4), np.float32),
+                                   np.array([0, 1, 4])),  # points 0 and 1: only image 1 sees them
+             ConditionObservations("r/dusk/y.png", "dusk", np.ones(3, np.float32), np.zeros((2, 4), np.float32),
+                                   np.array([4, 5]))]  # seen by all three: the first of the tie
+    out = add_condition_observations(corr, extra)
+    assert same_place_images(out).tolist() == [1, 0]
+    assert same_place_images(corr).tolist() == []
 
 
 def test_batches_pair_each_point_across_conditions():
@@ -153,6 +171,16 @@ def test_datamodule_trains_across_conditions_and_validates_per_condition(tmp_pat
         assert vs.spec.splits == {} and vs.spec.split_of("night") == "night"
         batch = next(iter(dm.train_dataloader()))
         assert len(batch["labels"]) > 0
+        # each re-rendering is paired with its own source image, and the fusion learns its whitening from them
+        partner = same_place_images(corr)
+        for image, source in zip(range(corr.map_images, len(corr.image_names)), partner, strict=True):
+            assert corr.image_names[image].split("/", 2)[2] == corr.image_names[source]
+        from fuseloc.models.fusion import LearnedFusion, pca_projection
+
+        fusion = LearnedFusion(dm.local_dim, dm.global_dim)
+        dm.fit_fusion(fusion)
+        _, pca = pca_projection(corr.global_desc[: corr.map_images], dm.local_dim)
+        assert not np.allclose(fusion.global_projection.detach().numpy(), pca, atol=1e-3)
     finally:
         dm.teardown()
 

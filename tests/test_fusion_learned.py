@@ -154,3 +154,95 @@ def test_a_fusion_saved_before_the_pca_start_was_kept_loads():
     again = LearnedFusion(4, 6)
     again.load_state_dict(state)
     torch.testing.assert_close(again.initial_projection, fusion.global_projection.detach())
+
+
+def _reference_whitening(samples, first, second, out_dim, pca_dim, shrinkage):
+    """The learned whitening spelled out: covariance PCA, the inverse matrix square root by scipy, then PCA."""
+    from scipy.linalg import sqrtm
+
+    x = np.asarray(samples, np.float64)
+    mean = x.mean(0)
+    values, vectors = np.linalg.eigh(np.cov(x.T, bias=True))
+    basis = vectors[:, np.argsort(values)[::-1][:pca_dim]]
+    scatter = np.zeros((pca_dim, pca_dim))
+    for a, b in zip(first, second, strict=True):
+        d = (a - b) @ basis
+        scatter += np.outer(d, d) / len(first)
+    scatter = (1 - shrinkage) * scatter + shrinkage * np.trace(scatter) / pca_dim * np.eye(pca_dim)
+    whiten = np.real(np.linalg.inv(sqrtm(scatter)))
+    y = (x - mean) @ basis @ whiten
+    values, vectors = np.linalg.eigh(np.cov(y.T, bias=True))
+    projection = basis @ whiten @ vectors[:, np.argsort(values)[::-1][:out_dim]]
+    signs = np.sign(projection[np.abs(projection).argmax(0), np.arange(out_dim)])
+    return mean, projection * signs
+
+
+@pytest.mark.parametrize("num_samples", [9, 40])  # fewer samples than dimensions (SVD route) and more (scatter route)
+def test_whitening_projection_matches_a_direct_computation(num_samples):
+    from fuseloc.models.fusion import whitening_projection
+
+    rng = np.random.default_rng(num_samples)
+    samples = rng.standard_normal((num_samples, 12)) * np.linspace(3, 0.5, 12)
+    first, second = samples[:6], samples[:6] + 0.3 * rng.standard_normal((6, 12))
+    pca_dim = min(12, num_samples - 1)
+    mean, projection = whitening_projection(samples, first, second, 3, shrinkage=0.1)
+    ref_mean, ref_projection = _reference_whitening(samples, first, second, 3, pca_dim, 0.1)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(projection, ref_projection, rtol=1e-3, atol=1e-4)
+
+
+def test_whitening_ignores_what_changes_with_the_condition():
+    """Places differ in every direction; the 'night' version of a place adds a strong, varying offset along one
+    direction. PCA keeps that direction first and confuses places; the whitening learned from (day, night)
+    pairs removes it, so a night image's nearest day image is its own place."""
+    from fuseloc.models.fusion import pca_projection, whitening_projection
+
+    rng = np.random.default_rng(0)
+    places, dim, out = 40, 16, 4
+    day = rng.standard_normal((places, dim))
+    direction = rng.standard_normal(dim)
+    direction /= np.linalg.norm(direction)
+    night = day + rng.uniform(-8, 8, (places, 1)) * direction + 0.05 * rng.standard_normal((places, dim))
+
+    def recall(mean, projection):
+        d, n = (day - mean) @ projection, (night - mean) @ projection
+        nearest = ((n[:, None] - d[None]) ** 2).sum(2).argmin(1)
+        return float((nearest == np.arange(places)).mean())
+
+    both = np.concatenate([day, night])
+    assert recall(*pca_projection(both, out)) < 0.5
+    assert recall(*whitening_projection(both, day, night, out)) > 0.9
+
+
+def test_fit_learns_the_whitening_from_same_place_pairs_and_falls_back_to_pca():
+    from fuseloc.models.fusion import pca_projection, whitening_projection
+
+    rng = np.random.default_rng(1)
+    db = rng.standard_normal((10, 6)).astype(np.float32)
+    other = (db[[0, 2, 4]] + 0.1 * rng.standard_normal((3, 6))).astype(np.float32)
+    same_place = np.array([0, -1, 4])  # the second image shows no map place: left out
+    fusion = LearnedFusion(3, 6)
+    fusion.fit(db, global_other=other, same_place=same_place)
+    _, expected = whitening_projection(np.concatenate([db, other[[0, 2]]]), db[[0, 4]], other[[0, 2]], 3)
+    np.testing.assert_allclose(fusion.global_projection.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fusion.initial_projection, fusion.global_projection.detach())
+    _, pca = pca_projection(db, 3)
+    for fallback in (LearnedFusion(3, 6), LearnedFusion(3, 6, init="pca")):
+        # without pairs, or asked for PCA: the fixed fusion's PCA
+        pairs = {} if fallback.init == "whitening" else {"global_other": other, "same_place": same_place}
+        fallback.fit(db, **pairs)
+        np.testing.assert_allclose(fallback.global_projection.detach().numpy(), pca, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="init"):
+        LearnedFusion(3, 6, init="lda")
+    with pytest.raises(InputError, match="whitening_shrinkage"):
+        LearnedFusion(3, 6, whitening_shrinkage=2.0)
+
+
+def test_whitening_with_fewer_samples_than_output_dimensions_leaves_the_rest_zero():
+    from fuseloc.models.fusion import whitening_projection
+
+    rng = np.random.default_rng(2)
+    samples = rng.standard_normal((3, 8))
+    _, projection = whitening_projection(samples, samples[:2], samples[:2] + 0.1, 4)
+    assert np.isfinite(projection).all()
+    assert projection[:, :2].any(0).all() and not projection[:, 2:].any()

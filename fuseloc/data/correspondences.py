@@ -102,6 +102,30 @@ class Correspondences:
         return has, (sums[has] / counts[has, None]).astype(np.float32)
 
 
+def same_place_images(corr: Correspondences) -> np.ndarray:
+    """For each image after the map's (re-renderings, training queries): the map image sharing most of its 3D
+    points (the first of a tie), the one that shows the same place (-1 for an image sharing none).
+
+    Returns:
+        (N - num_map_images,) int64 rows of ``corr.image_names`` (all < ``corr.map_images``).
+    """
+    from scipy import sparse
+
+    num_map, num_images = corr.map_images, len(corr.image_names)
+    if num_images == num_map:
+        return np.zeros(0, np.int64)
+    ones = np.ones(len(corr.obs_point), np.float32)
+    seen = sparse.csr_matrix((ones, (corr.obs_image, corr.obs_point)), shape=(num_images, len(corr.points_xyz)))
+    shared = (seen[num_map:] @ seen[:num_map].T).tocsr()  # (extra, map): points seen in both
+    partner = np.full(num_images - num_map, -1, np.int64)
+    for row in range(shared.shape[0]):
+        start, stop = shared.indptr[row], shared.indptr[row + 1]
+        if stop > start:
+            counts, images = shared.data[start:stop], shared.indices[start:stop]
+            partner[row] = images[counts == counts.max()].min()  # ties: the first map image, whatever the storage order
+    return partner
+
+
 def add_condition_observations(corr: Correspondences, extra: Iterable[ConditionObservations]) -> Correspondences:
     """``corr`` with extra images appended after the map's (their observations labelled by the same 3D points).
 

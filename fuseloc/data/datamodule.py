@@ -45,6 +45,7 @@ from fuseloc.data.correspondences import (
     add_condition_observations,
     gather_correspondences,
     mine_confusers,
+    same_place_images,
 )
 from fuseloc.data.cross_condition import (
     RenderedImages,
@@ -329,12 +330,14 @@ class FuseLocDataModule(pl.LightningDataModule):
         return None if self.trainer is None else int(self.trainer.current_epoch)
 
     def fit_fusion(self, fusion) -> None:  # noqa: ANN001 (a fuseloc.models.fusion.Fusion)
-        """Data-driven initialisation of a fusion (PCA) from the training images' global descriptors."""
+        """Data-driven initialisation of a fusion from the training images' global descriptors: the map's images
+        (the PCA evaluate.py's fixed fusion fits) and the cross-condition images, each paired with the map image
+        sharing most of its points (what a learned whitening of the global descriptor learns from)."""
         if self.correspondences is None:
             raise RuntimeError("setup() must run before fit_fusion()")
         corr = self.correspondences
-        # The map's images only, as evaluate.py's fixed fusion fits its PCA: training starts from that fusion.
-        fusion.fit(corr.global_desc[: corr.map_images], corr.local[corr.map_observations()])
+        fusion.fit(corr.global_desc[: corr.map_images], corr.local[corr.map_observations()],
+                   global_other=corr.global_desc[corr.map_images:], same_place=same_place_images(corr))
 
     # ------------------------------------------------------------------------------------------ loaders
 

@@ -34,9 +34,73 @@ def pca_projection(global_desc: np.ndarray, out_dim: int) -> tuple[np.ndarray, n
     projection = np.zeros((x.shape[1], out_dim))
     projection[:, :rank] = vt[:rank].T
     # SVD signs are arbitrary; fix them so repeated fits give identical maps.
-    signs = np.sign(projection[np.abs(projection).argmax(0), np.arange(out_dim)])
+    return mean.astype(np.float32), _fix_signs(projection).astype(np.float32)
+
+
+def _principal_axes(centered: np.ndarray, k: int) -> np.ndarray:
+    """(G, k) leading principal axes of (N, G) centred rows, by the cheaper of the SVD of the rows (N <= G) and the
+    eigendecomposition of the G x G scatter (N > G: hundreds of thousands of images cost one G x G matrix)."""
+    if len(centered) <= centered.shape[1]:
+        _, _, vt = np.linalg.svd(centered, full_matrices=False)
+        return vt[:k].T
+    _, vectors = np.linalg.eigh(centered.T @ centered)
+    return vectors[:, ::-1][:, :k]
+
+
+def _fix_signs(projection: np.ndarray) -> np.ndarray:
+    """Columns signed so that each one's largest entry is positive: repeated fits give identical maps."""
+    signs = np.sign(projection[np.abs(projection).argmax(0), np.arange(projection.shape[1])])
     signs[signs == 0] = 1
-    return mean.astype(np.float32), (projection * signs).astype(np.float32)
+    return projection * signs
+
+
+def whitening_projection(
+    samples: np.ndarray,
+    first: np.ndarray,
+    second: np.ndarray,
+    out_dim: int,
+    pca_dim: int | None = None,
+    shrinkage: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Learned discriminative whitening of global descriptors -> (mean (G,), projection (G, out_dim)).
+
+    ``first[k]`` and ``second[k]`` show the same place (a database image and its night rendering, a query and
+    the database image it was taken beside). The projection removes what changes within such pairs and keeps
+    what separates places, in closed form (Mikolajczyk & Matas' and Radenović et al.'s learned whitening, an
+    LDA): PCA of ``samples`` to ``pca_dim`` dimensions; whitening by the inverse square root of the within-pair
+    scatter of the differences ``first - second`` (shrunk toward a multiple of the identity by ``shrinkage``,
+    relative to its mean eigenvalue, so that few pairs still give a well-posed inverse); then the ``out_dim``
+    directions of largest variance of the whitened samples.
+
+    Args:
+        samples: (N, G) descriptors spanning the places (e.g. every training image, all conditions).
+        first, second: (K, G) descriptors of the same place, row by row.
+        out_dim: D, output dimension.
+        pca_dim: dimensions kept before whitening; None: as many as the samples span (``min(G, N - 1)``).
+        shrinkage: weight of the identity in the within-pair scatter, in [0, 1].
+    """
+    x = np.asarray(samples, np.float64)
+    if len(first) != len(second) or len(first) == 0:
+        raise InputError(f"whitening needs matching non-empty pairs, got {len(first)} and {len(second)} descriptors")
+    if not 0.0 <= shrinkage <= 1.0:
+        raise InputError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    rank = max(1, min(x.shape[1], len(x) - 1))
+    # Fewer samples than output dimensions: what they span is whitened, the other columns stay zero (as in PCA).
+    pca_dim = rank if pca_dim is None else max(1, min(pca_dim, rank))
+    mean = x.mean(0)
+    basis = _principal_axes(x - mean, pca_dim)
+    pca_dim = basis.shape[1]
+    diff = (np.asarray(first, np.float64) - np.asarray(second, np.float64)) @ basis
+    scatter = diff.T @ diff / len(diff)
+    scatter = (1.0 - shrinkage) * scatter + shrinkage * np.trace(scatter) / pca_dim * np.eye(pca_dim)
+    values, vectors = np.linalg.eigh(scatter)
+    values = np.maximum(values, values.max() * 1e-12)
+    whiten = (vectors / np.sqrt(values)) @ vectors.T
+    whitened = (x - mean) @ basis @ whiten
+    axes = _principal_axes(whitened - whitened.mean(0), out_dim)
+    projection = np.zeros((x.shape[1], out_dim))
+    projection[:, : axes.shape[1]] = basis @ whiten @ axes
+    return mean.astype(np.float32), _fix_signs(projection).astype(np.float32)
 
 
 def random_selection(global_dim: int, out_dim: int, seed: int) -> np.ndarray:
@@ -88,8 +152,18 @@ class Fusion(nn.Module):
     def out_dim(self) -> int:
         return self.local_dim
 
-    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None) -> None:
-        """Data-driven initialisation from the database (e.g. PCA). Default: nothing to fit."""
+    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None,
+            global_other: np.ndarray | None = None, same_place: np.ndarray | None = None) -> None:
+        """Data-driven initialisation from the database (e.g. PCA). Default: nothing to fit.
+
+        Args:
+            global_db: (N, G) global descriptors of the map's (database) images.
+            local_sample: (M, D) local descriptors of the map's observations.
+            global_other: (K, G) global descriptors of other images of the map's places (re-rendered under
+                other conditions, training queries); only fusions learned from them use them.
+            same_place: (K,) row of ``global_db`` showing the same place as each row of ``global_other``
+                (-1: none).
+        """
 
     def reduce_global(self, global_desc: Tensor) -> Tensor:
         """[B x G] global descriptors -> [B x D] per-image part of the fusion."""
@@ -155,7 +229,8 @@ class FixedFusion(Fusion):
         elif reduction != "pca":
             raise InputError(f"unknown reduction {reduction!r} (pca, random, gaussian, shuffle)")
 
-    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None) -> None:
+    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None,
+            global_other: np.ndarray | None = None, same_place: np.ndarray | None = None) -> None:
         if self.reduction == "pca":
             self.check_dims(self.local_dim, global_db.shape[1], "PCA fit")
             mean, projection = pca_projection(global_db, self.local_dim)
@@ -182,9 +257,12 @@ class LearnedFusion(Fusion):
 
     ``f(l, g) = normalize(λ·a ⊙ (A·l) + (1-λ)·b(r) ⊙ r)``, with ``r = normalize(Pᵀ(g - μ))``:
 
-    - ``P`` (G x D) projects the global descriptor to the local dimension; :meth:`fit` initialises it (and
-      the mean μ) with PCA of the database, the same reduction FixedFusion uses, so training starts from the
-      paper's fusion at λ = ``init_lam``.
+    - ``P`` (G x D) projects the global descriptor to the local dimension. :meth:`fit` initialises it (and the
+      mean μ) with the learned whitening of :func:`whitening_projection` when it is given same-place pairs
+      (``init="whitening"``; train.py's DataModule pairs every cross-condition image with the map image that
+      shares most of its points): what changes between a place's images under different light is removed, what
+      separates places kept. Without pairs, or with ``init="pca"``, it is PCA of the database, the reduction
+      FixedFusion uses, so training starts from the paper's fusion at λ = ``init_lam``.
     - ``λ = sigmoid(·)`` is one learned scalar; ``a`` and ``b`` are per-dimension gates in (0, 2) that start
       at 1. ``b`` may also depend on the image (``conditioned_gate``: an affine map of ``r``), which lets the
       fusion lean on the global part more for some images than for others.
@@ -201,16 +279,20 @@ class LearnedFusion(Fusion):
         per_dim_gate: learn the per-dimension gates ``a`` and ``b``.
         conditioned_gate: make ``b`` depend on the image's reduced global descriptor.
         project_local: learn the D x D local projection ``A``.
-        train_projection: learn ``P``; off keeps the PCA from :meth:`fit`.
-        projection_decay: weight of the penalty ``‖P - P_pca‖²`` (and ``‖A - I‖²`` with ``project_local``) that
-            keeps the learned projections near their initialisation (:meth:`regularization`).
+        train_projection: learn ``P`` by gradient descent; off keeps the projection :meth:`fit` found.
+        projection_decay: weight of the penalty ``‖P - P_0‖²`` (and ``‖A - I‖²`` with ``project_local``) that
+            keeps the learned projections near their initialisation ``P_0`` (:meth:`regularization`).
         normalize_output: L2-normalise the fused descriptor.
+        init: how :meth:`fit` initialises ``P``: ``whitening`` (learned from same-place pairs when there are
+            any, else PCA) or ``pca``.
+        whitening_shrinkage: shrinkage of the within-place scatter toward the identity (see
+            :func:`whitening_projection`).
 
-    The defaults learn λ, the per-dimension gates and ``P`` (pulled toward its PCA start by
-    ``projection_decay``): with cross-condition training samples (:mod:`fuseloc.data.cross_condition`) the
-    learned projection scored best on the embedded town's validation queries (``benchmarks/ablate_fusion.py``);
-    trained on same-light database images alone it fits their photometry instead of what separates places. The
-    image-conditioned gate and the local projection are opt-in.
+    The defaults start ``P`` from the learned whitening and then learn λ, the per-dimension gates and ``P``
+    (pulled back toward its start by ``projection_decay``): on the embedded town's validation queries the
+    whitening is what moves night recall (``benchmarks/ablate_fusion.py``); trained on same-light database images
+    alone (no pairs, PCA start) the learned projection fits their photometry instead of what separates places.
+    The image-conditioned gate and the local projection are opt-in.
     """
 
     def __init__(
@@ -224,8 +306,16 @@ class LearnedFusion(Fusion):
         train_projection: bool = True,
         projection_decay: float = 0.01,
         normalize_output: bool = True,
+        init: Literal["pca", "whitening"] = "whitening",
+        whitening_shrinkage: float = 0.01,
     ):
         super().__init__(local_dim, global_dim)
+        if init not in ("pca", "whitening"):
+            raise InputError(f"unknown init {init!r} (pca, whitening)")
+        if not 0.0 <= whitening_shrinkage <= 1.0:
+            raise InputError(f"whitening_shrinkage must be in [0, 1], got {whitening_shrinkage}")
+        self.init = init
+        self.whitening_shrinkage = whitening_shrinkage
         if not 0.0 < init_lam < 1.0:
             raise InputError(f"init_lam must be in (0, 1), got {init_lam}")
         self.init_lam = init_lam
@@ -241,7 +331,7 @@ class LearnedFusion(Fusion):
         self.register_buffer("global_mean", torch.zeros(global_dim))
         self.register_buffer("fitted", torch.tensor(False))
         self.global_projection = nn.Parameter(torch.zeros(global_dim, local_dim), requires_grad=train_projection)
-        # the PCA that fit() found: what projection_decay pulls a learned P back to
+        # the projection fit() found (whitening or PCA): what projection_decay pulls a learned P back to
         self.register_buffer("initial_projection", torch.zeros(global_dim, local_dim))
         if per_dim_gate:
             self.local_gate_logit = nn.Parameter(torch.zeros(local_dim))
@@ -263,10 +353,24 @@ class LearnedFusion(Fusion):
         """The current scalar λ (weight of the local part)."""
         return torch.sigmoid(self.lam_logit)
 
-    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None) -> None:
-        """PCA initialisation of ``P`` and μ from the database global descriptors (N, G)."""
+    def fit(self, global_db: np.ndarray, local_sample: np.ndarray | None = None,
+            global_other: np.ndarray | None = None, same_place: np.ndarray | None = None) -> None:
+        """Initialise ``P`` and μ: the learned whitening of the global descriptors when ``init`` asks for it and
+        same-place pairs are given (``global_other[k]`` and ``global_db[same_place[k]]``), else PCA of the database
+        global descriptors (N, G)."""
         self.check_dims(self.local_dim, global_db.shape[1], "PCA fit")
-        mean, projection = pca_projection(global_db, self.local_dim)
+        pairs = np.zeros(0, np.int64) if same_place is None else np.flatnonzero(np.asarray(same_place) >= 0)
+        if self.init == "whitening" and global_other is not None and len(pairs):
+            self.check_dims(self.local_dim, global_other.shape[1], "whitening fit")
+            partner = np.asarray(same_place)[pairs]
+            mean, projection = whitening_projection(np.concatenate([global_db, global_other[pairs]]),
+                                                    global_db[partner], global_other[pairs], self.local_dim,
+                                                    shrinkage=self.whitening_shrinkage)
+            logger.info("global projection: learned whitening from %d same-place pairs", len(pairs))
+        else:
+            if self.init == "whitening":
+                logger.info("global projection: PCA (no same-place pairs to learn the whitening from)")
+            mean, projection = pca_projection(global_db, self.local_dim)
         with torch.no_grad():
             self.global_mean.copy_(torch.from_numpy(mean))
             self.global_projection.copy_(torch.from_numpy(projection))
