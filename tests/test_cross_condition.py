@@ -64,6 +64,12 @@ def test_each_extra_image_is_paired_with_the_map_image_sharing_most_of_its_point
     out = add_condition_observations(corr, extra)
     assert same_place_images(out).tolist() == [1, 0]
     assert same_place_images(corr).tolist() == []
+    # a rendering's known source wins over the shared points
+    rendered = ConditionObservations("r/night/z.png", "night", np.ones(3, np.float32), np.zeros((2, 4), np.float32),
+                                     np.array([0, 1]), source=2)
+    out = add_condition_observations(out, [rendered])
+    assert out.image_source.tolist() == [0, 1, 2, -1, -1, 2]
+    assert same_place_images(out).tolist() == [1, 0, 2]
 
 
 def test_batches_pair_each_point_across_conditions():

@@ -156,18 +156,25 @@ def test_a_fusion_saved_before_the_pca_start_was_kept_loads():
     torch.testing.assert_close(again.initial_projection, fusion.global_projection.detach())
 
 
-def _reference_whitening(samples, first, second, out_dim, pca_dim, shrinkage):
-    """The learned whitening spelled out: covariance PCA, the inverse matrix square root by scipy, then PCA."""
+def _reference_whitening(samples, places, out_dim, pca_dim, shrinkage):
+    """The learned whitening spelled out: covariance PCA, the within-place scatter place by place, the inverse
+    matrix square root by scipy, then PCA of the whitened samples."""
     from scipy.linalg import sqrtm
 
     x = np.asarray(samples, np.float64)
     mean = x.mean(0)
     values, vectors = np.linalg.eigh(np.cov(x.T, bias=True))
     basis = vectors[:, np.argsort(values)[::-1][:pca_dim]]
-    scatter = np.zeros((pca_dim, pca_dim))
-    for a, b in zip(first, second, strict=True):
-        d = (a - b) @ basis
-        scatter += np.outer(d, d) / len(first)
+    scatter, count = np.zeros((pca_dim, pca_dim)), 0
+    for place in set(places.tolist()) - {-1}:
+        members = x[places == place] @ basis
+        if len(members) < 2:
+            continue
+        for row in members:
+            d = row - members.mean(0)
+            scatter += np.outer(d, d)
+            count += 1
+    scatter /= count
     scatter = (1 - shrinkage) * scatter + shrinkage * np.trace(scatter) / pca_dim * np.eye(pca_dim)
     whiten = np.real(np.linalg.inv(sqrtm(scatter)))
     y = (x - mean) @ basis @ whiten
@@ -183,18 +190,20 @@ def test_whitening_projection_matches_a_direct_computation(num_samples):
 
     rng = np.random.default_rng(num_samples)
     samples = rng.standard_normal((num_samples, 12)) * np.linspace(3, 0.5, 12)
-    first, second = samples[:6], samples[:6] + 0.3 * rng.standard_normal((6, 12))
+    places = rng.integers(-1, num_samples // 3, num_samples)  # some places seen once, some samples of none
     pca_dim = min(12, num_samples - 1)
-    mean, projection = whitening_projection(samples, first, second, 3, shrinkage=0.1)
-    ref_mean, ref_projection = _reference_whitening(samples, first, second, 3, pca_dim, 0.1)
+    mean, projection = whitening_projection(samples, places, 3, shrinkage=0.1)
+    ref_mean, ref_projection = _reference_whitening(samples, places, 3, pca_dim, 0.1)
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(projection, ref_projection, rtol=1e-3, atol=1e-4)
+    with pytest.raises(InputError, match="two or more"):
+        whitening_projection(samples, np.arange(num_samples), 3)
 
 
 def test_whitening_ignores_what_changes_with_the_condition():
     """Places differ in every direction; the 'night' version of a place adds a strong, varying offset along one
     direction. PCA keeps that direction first and confuses places; the whitening learned from (day, night)
-    pairs removes it, so a night image's nearest day image is its own place."""
+    images of the same places removes it, so a night image's nearest day image is its own place."""
     from fuseloc.models.fusion import pca_projection, whitening_projection
 
     rng = np.random.default_rng(0)
@@ -211,10 +220,10 @@ def test_whitening_ignores_what_changes_with_the_condition():
 
     both = np.concatenate([day, night])
     assert recall(*pca_projection(both, out)) < 0.5
-    assert recall(*whitening_projection(both, day, night, out)) > 0.9
+    assert recall(*whitening_projection(both, np.r_[np.arange(places), np.arange(places)], out)) > 0.9
 
 
-def test_fit_learns_the_whitening_from_same_place_pairs_and_falls_back_to_pca():
+def test_fit_learns_the_whitening_from_same_place_images_and_falls_back_to_pca():
     from fuseloc.models.fusion import pca_projection, whitening_projection
 
     rng = np.random.default_rng(1)
@@ -223,7 +232,8 @@ def test_fit_learns_the_whitening_from_same_place_pairs_and_falls_back_to_pca():
     same_place = np.array([0, -1, 4])  # the second image shows no map place: left out
     fusion = LearnedFusion(3, 6)
     fusion.fit(db, global_other=other, same_place=same_place)
-    _, expected = whitening_projection(np.concatenate([db, other[[0, 2]]]), db[[0, 4]], other[[0, 2]], 3)
+    _, expected = whitening_projection(np.concatenate([db, other[[0, 2]]]), np.r_[np.arange(10), 0, 4], 3,
+                                       shrinkage=fusion.whitening_shrinkage)
     np.testing.assert_allclose(fusion.global_projection.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fusion.initial_projection, fusion.global_projection.detach())
     _, pca = pca_projection(db, 3)
@@ -243,6 +253,6 @@ def test_whitening_with_fewer_samples_than_output_dimensions_leaves_the_rest_zer
 
     rng = np.random.default_rng(2)
     samples = rng.standard_normal((3, 8))
-    _, projection = whitening_projection(samples, samples[:2], samples[:2] + 0.1, 4)
+    _, projection = whitening_projection(samples, np.array([0, 0, 1]), 4)
     assert np.isfinite(projection).all()
     assert projection[:, :2].any(0).all() and not projection[:, 2:].any()

@@ -49,6 +49,8 @@ class Correspondences:
         image_condition: (N,) int64 index into ``conditions`` of each image; None: all database.
         conditions: condition names; ``conditions[0]`` is the database's.
         num_map_images: images that make the map (the database); None: all.
+        image_source: (N,) int64, for each image after the map's, the map image it was rendered from (-1: none,
+            e.g. a real query); the map's images hold their own row. None: no image has a known source.
     """
 
     local: np.ndarray
@@ -60,6 +62,7 @@ class Correspondences:
     image_condition: np.ndarray | None = None
     conditions: tuple[str, ...] = ("database",)
     num_map_images: int | None = None
+    image_source: np.ndarray | None = None
 
     @property
     def num_observations(self) -> int:
@@ -103,8 +106,9 @@ class Correspondences:
 
 
 def same_place_images(corr: Correspondences) -> np.ndarray:
-    """For each image after the map's (re-renderings, training queries): the map image sharing most of its 3D
-    points (the first of a tie), the one that shows the same place (-1 for an image sharing none).
+    """For each image after the map's (re-renderings, training queries): the map image showing the same place:
+    its source when it was rendered from one, else the map image sharing most of its 3D points (the first of a
+    tie; -1 for an image sharing none).
 
     Returns:
         (N - num_map_images,) int64 rows of ``corr.image_names`` (all < ``corr.map_images``).
@@ -114,6 +118,9 @@ def same_place_images(corr: Correspondences) -> np.ndarray:
     num_map, num_images = corr.map_images, len(corr.image_names)
     if num_images == num_map:
         return np.zeros(0, np.int64)
+    known = corr.image_source[num_map:] if corr.image_source is not None else np.full(num_images - num_map, -1)
+    if (known >= 0).all():
+        return known.astype(np.int64)
     ones = np.ones(len(corr.obs_point), np.float32)
     seen = sparse.csr_matrix((ones, (corr.obs_image, corr.obs_point)), shape=(num_images, len(corr.points_xyz)))
     shared = (seen[num_map:] @ seen[:num_map].T).tocsr()  # (extra, map): points seen in both
@@ -123,7 +130,7 @@ def same_place_images(corr: Correspondences) -> np.ndarray:
         if stop > start:
             counts, images = shared.data[start:stop], shared.indices[start:stop]
             partner[row] = images[counts == counts.max()].min()  # ties: the first map image, whatever the storage order
-    return partner
+    return np.where(known >= 0, known, partner)
 
 
 def add_condition_observations(corr: Correspondences, extra: Iterable[ConditionObservations]) -> Correspondences:
@@ -135,6 +142,8 @@ def add_condition_observations(corr: Correspondences, extra: Iterable[ConditionO
     image_condition = list(corr.image_condition) if corr.image_condition is not None else [0] * len(corr.image_names)
     names, globals_, local, points, images = list(corr.image_names), [corr.global_desc], [corr.local], \
         [corr.obs_point], [corr.obs_image]
+    source = list(corr.image_source) if corr.image_source is not None else \
+        [*range(corr.map_images), *[-1] * (len(corr.image_names) - corr.map_images)]
     per_condition: dict[str, int] = {}
     for item in extra:
         if len(item.points) == 0:
@@ -146,6 +155,7 @@ def add_condition_observations(corr: Correspondences, extra: Iterable[ConditionO
         images.append(np.full(len(item.points), len(names), np.int64))
         names.append(item.name)
         image_condition.append(conditions.index(item.condition))
+        source.append(item.source)
         globals_.append(item.global_desc.reshape(1, -1).astype(np.float32))
         local.append(item.descriptors.astype(np.float32))
         points.append(item.points.astype(np.int64))
@@ -154,7 +164,7 @@ def add_condition_observations(corr: Correspondences, extra: Iterable[ConditionO
         logger.info("cross-condition observations: %s", ", ".join(f"{c} {n}" for c, n in per_condition.items()))
     return Correspondences(np.concatenate(local), np.concatenate(points), np.concatenate(images),
                            np.concatenate(globals_), corr.points_xyz, names, np.asarray(image_condition, np.int64),
-                           tuple(conditions), corr.map_images)
+                           tuple(conditions), corr.map_images, np.asarray(source, np.int64))
 
 
 def gather_correspondences(

@@ -81,6 +81,8 @@ class ConditionObservations:
         global_desc: (G,) float32 global descriptor.
         descriptors: (K, D) float32 local descriptors of the tied keypoints.
         points: (K,) int64 scene point of each.
+        source: scene row of the database image it shows the same place as (a rendering's source); -1 when
+            none is known (a real query).
     """
 
     name: str
@@ -88,6 +90,7 @@ class ConditionObservations:
     global_desc: np.ndarray
     descriptors: np.ndarray
     points: np.ndarray
+    source: int = -1
 
 
 def _image_seed(seed: int, condition_index: int, name: str) -> list[int]:
@@ -201,7 +204,7 @@ def rendered_observations(scene: Scene, rendered: RenderedImages, features: Feat
         ok = kp >= 0
         yield ConditionObservations(name, condition, features.global_descriptor(name).astype(np.float32),
                                     local.descriptors[kp[ok]].astype(np.float32),
-                                    scene.obs_point[obs[ok]].astype(np.int64))
+                                    scene.obs_point[obs[ok]].astype(np.int64), int(row))
 
 
 def projected_observations(scene: Scene, queries: QuerySet, features: FeatureCache,

@@ -37,14 +37,15 @@ def pca_projection(global_desc: np.ndarray, out_dim: int) -> tuple[np.ndarray, n
     return mean.astype(np.float32), _fix_signs(projection).astype(np.float32)
 
 
-def _principal_axes(centered: np.ndarray, k: int) -> np.ndarray:
-    """(G, k) leading principal axes of (N, G) centred rows, by the cheaper of the SVD of the rows (N <= G) and the
-    eigendecomposition of the G x G scatter (N > G: hundreds of thousands of images cost one G x G matrix)."""
+def _principal_axes(centered: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(G, k) leading principal axes of (N, G) centred rows and the (k,) scatter along each, by the cheaper of the
+    SVD of the rows (N <= G) and the eigendecomposition of the G x G scatter (N > G: hundreds of thousands of
+    images cost one G x G matrix)."""
     if len(centered) <= centered.shape[1]:
-        _, _, vt = np.linalg.svd(centered, full_matrices=False)
-        return vt[:k].T
-    _, vectors = np.linalg.eigh(centered.T @ centered)
-    return vectors[:, ::-1][:, :k]
+        _, singular, vt = np.linalg.svd(centered, full_matrices=False)
+        return vt[:k].T, singular[:k] ** 2
+    values, vectors = np.linalg.eigh(centered.T @ centered)
+    return vectors[:, ::-1][:, :k], values[::-1][:k]
 
 
 def _fix_signs(projection: np.ndarray) -> np.ndarray:
@@ -54,50 +55,65 @@ def _fix_signs(projection: np.ndarray) -> np.ndarray:
     return projection * signs
 
 
+#: Cap on the dimensions a learned whitening works in: its scatter matrices are pca_dim² float64 (128 MB at 4096),
+#: so a 32k-D global descriptor over a hundred thousand images still fits in memory.
+MAX_WHITENING_DIM = 4096
+
+
 def whitening_projection(
     samples: np.ndarray,
-    first: np.ndarray,
-    second: np.ndarray,
+    places: np.ndarray,
     out_dim: int,
     pca_dim: int | None = None,
-    shrinkage: float = 0.01,
+    shrinkage: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Learned discriminative whitening of global descriptors -> (mean (G,), projection (G, out_dim)).
 
-    ``first[k]`` and ``second[k]`` show the same place (a database image and its night rendering, a query and
-    the database image it was taken beside). The projection removes what changes within such pairs and keeps
-    what separates places, in closed form (Mikolajczyk & Matas' and Radenović et al.'s learned whitening, an
-    LDA): PCA of ``samples`` to ``pca_dim`` dimensions; whitening by the inverse square root of the within-pair
-    scatter of the differences ``first - second`` (shrunk toward a multiple of the identity by ``shrinkage``,
-    relative to its mean eigenvalue, so that few pairs still give a well-posed inverse); then the ``out_dim``
-    directions of largest variance of the whitened samples.
+    Samples with the same ``places`` label show the same place (a database image and its renderings under
+    other light, a query and the database image it was taken beside). The projection removes what varies within
+    a place and keeps what separates places, in closed form (the learned whitening of Mikolajczyk & Matas and of
+    Radenović et al., an LDA): PCA of ``samples`` to ``pca_dim`` dimensions; whitening by the inverse square root
+    of the within-place scatter (deviations from each place's mean, over places with two or more samples),
+    shrunk toward a multiple of the identity by ``shrinkage`` so that few samples still give a well-posed and
+    stable inverse; then the ``out_dim`` directions of largest variance of the whitened samples.
 
     Args:
         samples: (N, G) descriptors spanning the places (e.g. every training image, all conditions).
-        first, second: (K, G) descriptors of the same place, row by row.
+        places: (N,) int place of each sample; -1: none (it only shapes the PCA).
         out_dim: D, output dimension.
-        pca_dim: dimensions kept before whitening; None: as many as the samples span (``min(G, N - 1)``).
-        shrinkage: weight of the identity in the within-pair scatter, in [0, 1].
+        pca_dim: dimensions kept before whitening; None: as many as the samples span (``min(G, N - 1)``, at
+            most :data:`MAX_WHITENING_DIM`).
+        shrinkage: weight of the identity in the within-place scatter, in [0, 1].
     """
     x = np.asarray(samples, np.float64)
-    if len(first) != len(second) or len(first) == 0:
-        raise InputError(f"whitening needs matching non-empty pairs, got {len(first)} and {len(second)} descriptors")
+    places = np.asarray(places, np.int64)
+    if len(places) != len(x):
+        raise InputError(f"{len(places)} place labels for {len(x)} descriptors")
     if not 0.0 <= shrinkage <= 1.0:
         raise InputError(f"shrinkage must be in [0, 1], got {shrinkage}")
-    rank = max(1, min(x.shape[1], len(x) - 1))
+    _, place_index, place_count = np.unique(places, return_inverse=True, return_counts=True)
+    within = (places >= 0) & (place_count[place_index] > 1)
+    if not within.any():
+        raise InputError("whitening needs at least one place seen in two or more descriptors")
+    rank = max(1, min(x.shape[1], len(x) - 1, MAX_WHITENING_DIM))
     # Fewer samples than output dimensions: what they span is whitened, the other columns stay zero (as in PCA).
     pca_dim = rank if pca_dim is None else max(1, min(pca_dim, rank))
     mean = x.mean(0)
-    basis = _principal_axes(x - mean, pca_dim)
+    basis, spread = _principal_axes(x - mean, pca_dim)
     pca_dim = basis.shape[1]
-    diff = (np.asarray(first, np.float64) - np.asarray(second, np.float64)) @ basis
-    scatter = diff.T @ diff / len(diff)
+    reduced = (x[within] - mean) @ basis
+    index = place_index[within]
+    sums = np.zeros((int(index.max()) + 1, pca_dim))
+    np.add.at(sums, index, reduced)
+    deviations = reduced - (sums / np.bincount(index)[:, None])[index]
+    scatter = deviations.T @ deviations / len(deviations)
     scatter = (1.0 - shrinkage) * scatter + shrinkage * np.trace(scatter) / pca_dim * np.eye(pca_dim)
     values, vectors = np.linalg.eigh(scatter)
     values = np.maximum(values, values.max() * 1e-12)
     whiten = (vectors / np.sqrt(values)) @ vectors.T
-    whitened = (x - mean) @ basis @ whiten
-    axes = _principal_axes(whitened - whitened.mean(0), out_dim)
+    # The samples' scatter in the PCA basis is diag(spread); whitened, it is whiten·diag(spread)·whiten.
+    values, vectors = np.linalg.eigh(whiten @ np.diag(spread) @ whiten)
+    axes = vectors[:, ::-1][:, :out_dim]
     projection = np.zeros((x.shape[1], out_dim))
     projection[:, : axes.shape[1]] = basis @ whiten @ axes
     return mean.astype(np.float32), _fix_signs(projection).astype(np.float32)
@@ -307,7 +323,7 @@ class LearnedFusion(Fusion):
         projection_decay: float = 0.01,
         normalize_output: bool = True,
         init: Literal["pca", "whitening"] = "whitening",
-        whitening_shrinkage: float = 0.01,
+        whitening_shrinkage: float = 0.1,
     ):
         super().__init__(local_dim, global_dim)
         if init not in ("pca", "whitening"):
@@ -362,11 +378,12 @@ class LearnedFusion(Fusion):
         pairs = np.zeros(0, np.int64) if same_place is None else np.flatnonzero(np.asarray(same_place) >= 0)
         if self.init == "whitening" and global_other is not None and len(pairs):
             self.check_dims(self.local_dim, global_other.shape[1], "whitening fit")
-            partner = np.asarray(same_place)[pairs]
-            mean, projection = whitening_projection(np.concatenate([global_db, global_other[pairs]]),
-                                                    global_db[partner], global_other[pairs], self.local_dim,
-                                                    shrinkage=self.whitening_shrinkage)
-            logger.info("global projection: learned whitening from %d same-place pairs", len(pairs))
+            # place of a map image: its own row; of another image: the map image it shows the same place as
+            places = np.r_[np.arange(len(global_db)), np.asarray(same_place)[pairs]]
+            mean, projection = whitening_projection(np.concatenate([global_db, global_other[pairs]]), places,
+                                                    self.local_dim, shrinkage=self.whitening_shrinkage)
+            logger.info("global projection: learned whitening from %d images of %d map places", len(pairs),
+                        len(np.unique(places[len(global_db):])))
         else:
             if self.init == "whitening":
                 logger.info("global projection: PCA (no same-place pairs to learn the whitening from)")
