@@ -331,8 +331,9 @@ class FuseLocDataModule(pl.LightningDataModule):
 
     def fit_fusion(self, fusion) -> None:  # noqa: ANN001 (a fuseloc.models.fusion.Fusion)
         """Data-driven initialisation of a fusion from the training images' global descriptors: the map's images
-        (the PCA evaluate.py's fixed fusion fits) and the cross-condition images, each paired with the map image
-        sharing most of its points (what a learned whitening of the global descriptor learns from)."""
+        (the PCA evaluate.py's fixed fusion fits) and the cross-condition images, each with the map image showing
+        the same place (:func:`~fuseloc.data.correspondences.same_place_images`), which a learned whitening of
+        the global descriptor learns from."""
         if self.correspondences is None:
             raise RuntimeError("setup() must run before fit_fusion()")
         corr = self.correspondences

@@ -274,10 +274,11 @@ class LearnedFusion(Fusion):
     ``f(l, g) = normalize(λ·a ⊙ (A·l) + (1-λ)·b(r) ⊙ r)``, with ``r = normalize(Pᵀ(g - μ))``:
 
     - ``P`` (G x D) projects the global descriptor to the local dimension. :meth:`fit` initialises it (and the
-      mean μ) with the learned whitening of :func:`whitening_projection` when it is given same-place pairs
-      (``init="whitening"``; train.py's DataModule pairs every cross-condition image with the map image that
-      shares most of its points): what changes between a place's images under different light is removed, what
-      separates places kept. Without pairs, or with ``init="pca"``, it is PCA of the database, the reduction
+      mean μ) with the learned whitening of :func:`whitening_projection` when it is given images of the map's
+      places (``init="whitening"``; train.py's DataModule groups every cross-condition image with the map image
+      showing the same place: a rendering with its source, a real query with the map image sharing most of its
+      points): what changes between a place's images under different light is removed, what separates places
+      kept. Without pairs, or with ``init="pca"``, it is PCA of the database, the reduction
       FixedFusion uses, so training starts from the paper's fusion at λ = ``init_lam``.
     - ``λ = sigmoid(·)`` is one learned scalar; ``a`` and ``b`` are per-dimension gates in (0, 2) that start
       at 1. ``b`` may also depend on the image (``conditioned_gate``: an affine map of ``r``), which lets the
