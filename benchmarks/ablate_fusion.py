@@ -62,7 +62,7 @@ def validation_recalls(run_dir: Path, ckpt: Path) -> dict[str, float]:
     if not found.is_file():
         return {}
     metrics = json.loads(found.read_text())["metrics"]
-    key = next((k for k in metrics if k.endswith("/all/" + k.split("/")[-1]) and "/recall_" in k), None)
+    key = next((k for k in metrics if "/all/recall_" in k), None)
     if key is None:
         return {}
     threshold = key.split("/")[-1]

@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fuseloc.data.cross_condition import ConditionObservations
+from fuseloc.data.cross_condition import DATABASE_CONDITION, ConditionObservations
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.observations import ImageObservations, iter_image_observations, resolve_association
 from fuseloc.data.scene import Scene
@@ -60,7 +60,7 @@ class Correspondences:
     points_xyz: np.ndarray
     image_names: list[str]
     image_condition: np.ndarray | None = None
-    conditions: tuple[str, ...] = ("database",)
+    conditions: tuple[str, ...] = (DATABASE_CONDITION,)
     num_map_images: int | None = None
     image_source: np.ndarray | None = None
 
@@ -79,14 +79,20 @@ class Correspondences:
             return np.zeros(len(self.obs_image), np.int64)
         return self.image_condition[self.obs_image]
 
+    @property
+    def num_map_observations(self) -> int:
+        """Observations of the map's (database) images: the first ones, as observations are stored image by image."""
+        if self.num_map_images is None:
+            return len(self.obs_image)
+        return int(np.searchsorted(self.obs_image, self.num_map_images))
+
     def map_observations(self) -> np.ndarray:
         """(M,) bool: the observation is one of the map's (a database image's)."""
-        return self.obs_image < self.map_images
+        return np.arange(len(self.obs_image)) < self.num_map_observations
 
     def iter_images(self) -> Iterator[ImageObservations]:
         """The map's observations again per database image, as :func:`iter_image_observations` yielded them."""
-        stop_all = int(np.searchsorted(self.obs_image, self.map_images)) if self.num_map_images is not None \
-            else len(self.obs_image)
+        stop_all = self.num_map_observations
         obs_image = self.obs_image[:stop_all]
         starts = np.flatnonzero(np.r_[True, obs_image[1:] != obs_image[:-1]]) if stop_all else np.zeros(0, np.int64)
         for start, stop in zip(starts, np.r_[starts[1:], stop_all]):
@@ -97,10 +103,10 @@ class Correspondences:
 
     def mean_local(self) -> tuple[np.ndarray, np.ndarray]:
         """(indices of points with map observations, their (K, D) mean local descriptors over the map's observations)."""
-        ok = self.map_observations()
-        counts = np.bincount(self.obs_point[ok], minlength=len(self.points_xyz))
+        stop = self.num_map_observations  # slices, not a mask: no copy of the descriptors
+        counts = np.bincount(self.obs_point[:stop], minlength=len(self.points_xyz))
         sums = np.zeros((len(self.points_xyz), self.local.shape[1]), np.float64)
-        np.add.at(sums, self.obs_point[ok], self.local[ok])
+        np.add.at(sums, self.obs_point[:stop], self.local[:stop])
         has = np.flatnonzero(counts > 0)
         return has, (sums[has] / counts[has, None]).astype(np.float32)
 

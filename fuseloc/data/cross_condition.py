@@ -29,8 +29,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fuseloc.cachekeys import file_stamp, key_of, keyed_name, stamp_matches
-from fuseloc.data.conditions import ConditionTransform, render_condition, warp_points
+from fuseloc.cachekeys import file_stamp, key_of, keyed_name, read_keyed, stamp_matches
+from fuseloc.data.conditions import ConditionTransform, check_conditions, render_condition, warp_points
 from fuseloc.data.extract import read_image
 from fuseloc.data.feature_cache import FeatureCache
 from fuseloc.data.observations import associate_by_radius
@@ -115,10 +115,10 @@ def render_database(
         keep_original: also list an unmodified copy of each image (condition :data:`ORIGINAL_CONDITION`), so that
             a validation set of held-out images has the original beside its re-renderings under one image root.
     """
+    transforms = check_conditions(transforms)
     names = [t.name for t in transforms]
-    if len(set(names)) != len(names) or DATABASE_CONDITION in names or ORIGINAL_CONDITION in names:
-        raise InputError(f"condition names must be distinct and not {DATABASE_CONDITION!r} or {ORIGINAL_CONDITION!r}: "
-                         f"{names}")
+    if DATABASE_CONDITION in names or ORIGINAL_CONDITION in names:
+        raise InputError(f"condition names must not be {DATABASE_CONDITION!r} or {ORIGINAL_CONDITION!r}: {names}")
     if scene.image_root is None:
         raise InputError("the scene has no image root; cannot re-render its images")
     folder = keyed_name("conditions", key_of({"transforms": [t.config() for t in transforms], "seed": seed,
@@ -178,13 +178,8 @@ def render_database(
 
 
 def _read_manifest(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
-        logger.warning("unreadable manifest %s: re-rendering", path)
-        return {}
+    manifest = read_keyed(path, lambda p: json.loads(p.read_text()), (OSError, ValueError), "rendering manifest",
+                          logger)
     return manifest if isinstance(manifest, dict) else {}
 
 
@@ -192,11 +187,10 @@ def rendered_observations(scene: Scene, rendered: RenderedImages, features: Feat
                           radius: float = 3.0) -> Iterator[ConditionObservations]:
     """The rendered images' keypoints tied to their sources' observations: each observation, mapped through the
     image's homography, takes the nearest keypoint detected on the rendering within ``radius`` pixels."""
-    order = np.argsort(scene.obs_image, kind="stable")
-    bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
+    by_image = scene.observations_by_image()
     for name, condition, row, H in zip(rendered.queries.names, rendered.queries.conditions, rendered.source,
                                        rendered.homography, strict=True):
-        obs = order[bounds[row] : bounds[row + 1]]
+        obs = by_image[row]
         if len(obs) == 0:
             continue
         local = features.local(name)

@@ -28,6 +28,7 @@ conditions (:meth:`~fuseloc.data.correspondences.CorrespondenceBatches.pick_obse
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,7 +94,6 @@ class TrainingSources:
     (prepared once, on rank 0 under DDP, and sent to the other processes).
 
     Attributes:
-        data: the dataset as read.
         scene: the training scene (held-out images removed, triangulated when the reader gives no points).
         validation: validation queries with ground truth.
         spec: the validation's benchmark rules (per-condition splits for re-rendered held-out images).
@@ -102,7 +102,6 @@ class TrainingSources:
         training_queries: the reader's real queries with ground truth for training; None: none.
     """
 
-    data: LocalizationData
     scene: Scene
     validation: QuerySet
     spec: BenchmarkSpec
@@ -277,7 +276,7 @@ class FuseLocDataModule(pl.LightningDataModule):
                 raise InputError("the reader's training queries have no ground-truth poses", data.root)
             self._extract(data, training_queries, cache_dir)
         features = replace(features, cache=FeatureCache(features.cache.local_path, features.cache.global_path))
-        return TrainingSources(data, scene, val_queries, spec, source, rendered, training_queries), features
+        return TrainingSources(scene, val_queries, spec, source, rendered, training_queries), features
 
     def setup(self, stage: str | None = None) -> None:
         if self.correspondences is not None:
@@ -305,9 +304,8 @@ class FuseLocDataModule(pl.LightningDataModule):
         if sources.training_queries is not None:
             extra.append(projected_observations(scene, sources.training_queries, features.cache,
                                                 self.association_radius))
-        for part in extra:
-            correspondences = add_condition_observations(correspondences, part)
-        self.correspondences = correspondences
+        self.correspondences = add_condition_observations(correspondences, itertools.chain(*extra)) if extra \
+            else correspondences
         found = self.correspondences.global_desc.shape[1]
         if found != self.global_dim:
             # The fusion was built for global_dim (train.py links it); a cache of another size cannot train it.
@@ -337,7 +335,7 @@ class FuseLocDataModule(pl.LightningDataModule):
         if self.correspondences is None:
             raise RuntimeError("setup() must run before fit_fusion()")
         corr = self.correspondences
-        fusion.fit(corr.global_desc[: corr.map_images], corr.local[corr.map_observations()],
+        fusion.fit(corr.global_desc[: corr.map_images], corr.local[: corr.num_map_observations],
                    global_other=corr.global_desc[corr.map_images:], same_place=same_place_images(corr))
 
     # ------------------------------------------------------------------------------------------ loaders

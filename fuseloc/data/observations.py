@@ -79,10 +79,9 @@ def iter_image_observations(
     """
     from tqdm import tqdm
 
-    order = np.argsort(scene.obs_image, kind="stable")
-    bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
+    by_image = scene.observations_by_image()
     for i in tqdm(range(scene.num_images), desc=progress, disable=progress is None, leave=False):
-        obs = order[bounds[i] : bounds[i + 1]]
+        obs = by_image[i]
         if len(obs) == 0:
             continue
         local = features.local(scene.image_names[i])

@@ -66,7 +66,8 @@ def project_in_view(camera: Camera, pose: Pose, points: np.ndarray) -> tuple[np.
     undistorts back to its own ray: a polynomial folds some points far outside the view into the image."""
     points = np.asarray(points, np.float64).reshape(-1, 3)
     uv, front = project(camera, pose, points)
-    depth = pose.transform(points)[:, 2]
+    p_cam = pose.transform(points)
+    depth = p_cam[:, 2]
     size = np.array([camera.width, camera.height], np.float64)
     with np.errstate(invalid="ignore"):
         inside = front & np.all(np.isfinite(uv), axis=1) & np.all((uv >= 0) & (uv < size), axis=1)
@@ -76,8 +77,7 @@ def project_in_view(camera: Camera, pose: Pose, points: np.ndarray) -> tuple[np.
         cam = pycolmap.Camera(model=camera.model, width=camera.width, height=camera.height,
                               params=list(camera.params))
         rows = np.flatnonzero(inside)
-        p_cam = pose.transform(points[rows])
-        ray = p_cam[:, :2] / p_cam[:, 2:]
+        ray = p_cam[rows, :2] / p_cam[rows, 2:]
         back = np.asarray(cam.cam_from_img(uv[rows]), np.float64)
         consistent = np.all(np.isfinite(back), axis=1) & (
             np.linalg.norm(back - ray, axis=1) <= 1e-3 * np.maximum(1.0, np.linalg.norm(ray, axis=1)))
@@ -117,16 +117,22 @@ def visible_points(scene: Scene, camera: Camera, pose: Pose, max_images: int = 1
     is within ``max_angle_deg`` of the query's; then kept only when they project in front of the camera and
     inside the image. Sorted, int64.
     """
+    points = _observed_nearby(scene, pose, max_images, max_distance, max_angle_deg)
+    if len(points) == 0:
+        return points
+    _, _, inside = project_in_view(camera, pose, scene.points_xyz[points])
+    return points[inside]
+
+
+def _observed_nearby(scene: Scene, pose: Pose, max_images: int, max_distance: float | None,
+                     max_angle_deg: float) -> np.ndarray:
+    """Sorted indices of the points observed by :func:`nearby_images` (not yet checked against the view)."""
     images = nearby_images(scene, pose, max_images, max_distance, max_angle_deg)
     if len(images) == 0 or scene.num_points == 0:
         return np.zeros(0, np.int64)
     chosen = np.zeros(scene.num_images, bool)
     chosen[images] = True
-    points = np.unique(scene.obs_point[chosen[scene.obs_image]]).astype(np.int64)
-    if len(points) == 0:
-        return points
-    _, _, inside = project_in_view(camera, pose, scene.points_xyz[points])
-    return points[inside]
+    return np.unique(scene.obs_point[chosen[scene.obs_image]]).astype(np.int64)
 
 
 def associate_by_projection(scene: Scene, camera: Camera, pose: Pose, keypoints: np.ndarray, radius: float = 3.0,
@@ -152,7 +158,8 @@ def associate_by_projection(scene: Scene, camera: Camera, pose: Pose, keypoints:
     if keypoints.ndim != 2 or keypoints.shape[1] != 2:
         raise InputError(f"keypoints must be an (N, 2) array, got shape {keypoints.shape}")
     if candidates is None:
-        candidates = visible_points(scene, camera, pose, max_images, max_distance, max_angle_deg)
+        # visible_points' candidates, projected (and checked against the view) once, below
+        candidates = _observed_nearby(scene, pose, max_images, max_distance, max_angle_deg)
     else:
         candidates = np.unique(np.asarray(candidates, np.int64).reshape(-1))
         if len(candidates) and (candidates[0] < 0 or candidates[-1] >= scene.num_points):

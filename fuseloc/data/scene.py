@@ -81,6 +81,12 @@ class Scene:
     def image_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.image_names)}
 
+    def observations_by_image(self) -> list[np.ndarray]:
+        """For each image, the indices of its observations (int64, in stored order)."""
+        order = np.argsort(self.obs_image, kind="stable")
+        bounds = np.searchsorted(self.obs_image[order], np.arange(self.num_images + 1))
+        return [order[bounds[i] : bounds[i + 1]] for i in range(self.num_images)]
+
     def without_points(self) -> Scene:
         return Scene(self.image_names, self.image_cameras, self.R_cam_from_world, self.t_cam_from_world, image_root=self.image_root)
 

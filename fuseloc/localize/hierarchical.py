@@ -163,12 +163,11 @@ def build_hierarchical_map(
     if scene.num_points == 0:
         raise InputError("the reference model has no 3D points; triangulate it first (fuseloc builds it from posed images)")
     association = resolve_association(scene, association, feature_tag)
-    order = np.argsort(scene.obs_image, kind="stable")
-    bounds = np.searchsorted(scene.obs_image[order], np.arange(scene.num_images + 1))
+    by_image = scene.observations_by_image()
     keypoints, descriptors, lifts, sizes = [], [], [], []
     for i in tqdm(range(scene.num_images), desc="gathering database features", disable=not progress, leave=False):
         local = features.local(scene.image_names[i])
-        obs = order[bounds[i] : bounds[i + 1]]
+        obs = by_image[i]
         lift = np.full(len(local.keypoints), -1, np.int32)
         if len(obs):
             kp = associate_image(scene, i, obs, local.keypoints, association, radius, features.local_path)

@@ -29,11 +29,10 @@ def pca_projection(global_desc: np.ndarray, out_dim: int) -> tuple[np.ndarray, n
     """
     x = np.asarray(global_desc, np.float64)
     mean = x.mean(0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    rank = min(out_dim, vt.shape[0])
+    axes, _ = _principal_axes(x - mean, out_dim)
     projection = np.zeros((x.shape[1], out_dim))
-    projection[:, :rank] = vt[:rank].T
-    # SVD signs are arbitrary; fix them so repeated fits give identical maps.
+    projection[:, : axes.shape[1]] = axes
+    # Axis signs are arbitrary; fix them so repeated fits give identical maps.
     return mean.astype(np.float32), _fix_signs(projection).astype(np.float32)
 
 
@@ -64,7 +63,6 @@ def whitening_projection(
     samples: np.ndarray,
     places: np.ndarray,
     out_dim: int,
-    pca_dim: int | None = None,
     shrinkage: float = 0.1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Learned discriminative whitening of global descriptors -> (mean (G,), projection (G, out_dim)).
@@ -72,7 +70,8 @@ def whitening_projection(
     Samples with the same ``places`` label show the same place (a database image and its renderings under
     other light, a query and the database image it was taken beside). The projection removes what varies within
     a place and keeps what separates places, in closed form (the learned whitening of Mikolajczyk & Matas and of
-    Radenović et al., an LDA): PCA of ``samples`` to ``pca_dim`` dimensions; whitening by the inverse square root
+    Radenović et al., an LDA): PCA of ``samples`` to as many dimensions as they span (``min(G, N - 1)``, at most
+    :data:`MAX_WHITENING_DIM`); whitening by the inverse square root
     of the within-place scatter (deviations from each place's mean, over places with two or more samples),
     shrunk toward a multiple of the identity by ``shrinkage`` so that few samples still give a well-posed and
     stable inverse; then the ``out_dim`` directions of largest variance of the whitened samples.
@@ -81,8 +80,6 @@ def whitening_projection(
         samples: (N, G) descriptors spanning the places (e.g. every training image, all conditions).
         places: (N,) int place of each sample; -1: none (it only shapes the PCA).
         out_dim: D, output dimension.
-        pca_dim: dimensions kept before whitening; None: as many as the samples span (``min(G, N - 1)``, at
-            most :data:`MAX_WHITENING_DIM`).
         shrinkage: weight of the identity in the within-place scatter, in [0, 1].
     """
     x = np.asarray(samples, np.float64)
@@ -95,11 +92,9 @@ def whitening_projection(
     within = (places >= 0) & (place_count[place_index] > 1)
     if not within.any():
         raise InputError("whitening needs at least one place seen in two or more descriptors")
-    rank = max(1, min(x.shape[1], len(x) - 1, MAX_WHITENING_DIM))
     # Fewer samples than output dimensions: what they span is whitened, the other columns stay zero (as in PCA).
-    pca_dim = rank if pca_dim is None else max(1, min(pca_dim, rank))
     mean = x.mean(0)
-    basis, spread = _principal_axes(x - mean, pca_dim)
+    basis, spread = _principal_axes(x - mean, max(1, min(x.shape[1], len(x) - 1, MAX_WHITENING_DIM)))
     pca_dim = basis.shape[1]
     reduced = (x[within] - mean) @ basis
     index = place_index[within]
@@ -180,6 +175,11 @@ class Fusion(nn.Module):
             same_place: (K,) row of ``global_db`` showing the same place as each row of ``global_other``
                 (-1: none).
         """
+
+    def regularization(self) -> Tensor:
+        """Penalty added to the training loss (0 for a fusion without one)."""
+        device, dtype = fusion_placement(self)
+        return torch.zeros((), device=device, dtype=dtype)
 
     def reduce_global(self, global_desc: Tensor) -> Tensor:
         """[B x G] global descriptors -> [B x D] per-image part of the fusion."""

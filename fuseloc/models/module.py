@@ -88,12 +88,9 @@ class FuseLocModule(pl.LightningModule):
         out = self._step(batch)
         size = len(batch["labels"])
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size)
-        loss = out.loss
-        regularization = getattr(self.fusion, "regularization", None)
-        if regularization is not None:
-            penalty = regularization()
-            self.log("train/regularization", penalty.detach(), batch_size=size)
-            loss = loss + penalty
+        penalty = self.fusion.regularization()
+        self.log("train/regularization", penalty.detach(), batch_size=size)
+        loss = out.loss + penalty
         if out.candidates:
             self.log("train/miner_discarded_share", out.discarded_share, batch_size=size)
         if hasattr(self.fusion, "lam") and isinstance(self.fusion.lam, Tensor):
