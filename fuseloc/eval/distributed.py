@@ -161,8 +161,9 @@ def thread_counts() -> tuple[int, int]:
     return torch.get_num_threads(), faiss.omp_get_max_threads()
 
 
-def set_threads(threads: int) -> None:
-    """Use ``threads`` threads in torch, faiss and every BLAS / OpenMP runtime loaded in this process.
+def set_threads(threads: int):  # noqa: ANN201 (threadpoolctl's limits, to restore the earlier counts)
+    """Use ``threads`` threads in torch, faiss and every BLAS / OpenMP runtime loaded in this process; returns
+    threadpoolctl's limits object, whose ``restore_original_limits()`` undoes the BLAS / OpenMP part.
 
     torchrun sets ``OMP_NUM_THREADS=1`` for its processes, which the runtimes read when they loaded; this sets
     them all explicitly, so a run launched by torchrun or by Lightning's environment gets the same threads.
@@ -173,8 +174,9 @@ def set_threads(threads: int) -> None:
     from threadpoolctl import threadpool_limits
 
     faiss.omp_set_num_threads(threads)
-    threadpool_limits(threads)
+    limits = threadpool_limits(threads)
     torch.set_num_threads(threads)
+    return limits
 
 
 def _thread_dependent(localizer: object) -> bool:
@@ -200,13 +202,10 @@ def query_loop_threads(ctx: Distributed, localizer: object = None) -> Iterator[i
         yield thread_counts()[0]
         return
     import faiss
-    from threadpoolctl import threadpool_limits
 
     threads = process_threads(ctx.local_world_size)
     torch_threads, faiss_threads = thread_counts()
-    faiss.omp_set_num_threads(threads)
-    limits = threadpool_limits(threads)  # every BLAS and OpenMP runtime; remembers their counts
-    torch.set_num_threads(threads)
+    limits = set_threads(threads)  # remembers every BLAS and OpenMP runtime's count
     try:
         yield threads
     finally:
